@@ -1,0 +1,106 @@
+"""Type stubs for the Rust extension. Users import from `modelhost`, never from here.
+
+Every method that loads, parses, infers or waits releases the GIL.
+Every error is raised as one of the classes in `modelhost.errors`.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Generation", "Host", "Instance", "__version__", "mapped_file_count", "parse_gguf_header"]
+
+__version__: str
+
+def mapped_file_count() -> int:
+    """How many distinct model files are memory-mapped by this process right now."""
+
+def parse_gguf_header(path: str) -> dict[str, Any]:
+    """Parse and validate a GGUF file's header: {"version", "metadata" (arrays elided), "tensors"}."""
+
+@final
+class Host:
+    """The catalog plus the instance table (TTL thread, memory budget). One per `Client`."""
+
+    def __init__(
+        self, models_dir: str, memory_budget: int | None = None, max_loaded: int | None = None, auto_evict: bool = True
+    ) -> None: ...
+    @property
+    def models_dir(self) -> str: ...
+    def list_downloaded(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Catalog entries (from headers only): model_key, type, format, path, size_bytes, architecture,
+        params_string, quantization, max_context_length, display_name."""
+    def model(
+        self,
+        kind: str,
+        key: str | None,
+        ttl: float | None,
+        config: dict[str, Any],
+        on_progress: Callable[[float], object] | None,
+    ) -> Instance:
+        """Get-or-load (SPEC §4). `kind` is "llm" or "embedding"; `config` uses the snake_case flat keys
+        of `Instance.load_config()`. Single flight: concurrent calls for one key load once."""
+    def load_new_instance(
+        self,
+        kind: str,
+        key: str,
+        identifier: str | None,
+        ttl: float | None,
+        config: dict[str, Any],
+        on_progress: Callable[[float], object] | None,
+    ) -> Instance: ...
+    def list_loaded(self, kind: str | None = None) -> list[Instance]: ...
+    def unload(self, kind: str | None, key_or_identifier: str) -> None: ...
+    def estimate(self, kind: str, key: str, config: dict[str, Any]) -> dict[str, Any]:
+        """{"weights_bytes", "kv_cache_bytes", "scratch_bytes", "total_bytes", "per_device": {device: bytes}}."""
+    def close(self) -> None:
+        """Unload everything and stop the TTL thread. Idempotent."""
+
+@final
+class Instance:
+    """A handle on one loaded instance. It holds no memory: after unload every call raises
+    ModelUnloadedError (except `unload`, a no-op, and the identity properties)."""
+
+    @property
+    def identifier(self) -> str: ...
+    @property
+    def model_key(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def instance_reference(self) -> str: ...
+    def is_loaded(self) -> bool: ...
+    def info(self) -> dict[str, Any]: ...
+    def load_config(self) -> dict[str, Any]:
+        """The applied load config, flat snake_case keys: context_length, gpu_ratio, main_gpu, split_strategy,
+        disabled_gpus, try_mmap, keep_model_in_memory, eval_batch_size, seed, rope_frequency_base,
+        rope_frequency_scale (LLM); context_length, try_mmap, keep_model_in_memory, gpu_ratio, seed (embedding)."""
+    def unload(self) -> None: ...
+    def tokenize(self, text: str) -> list[int]: ...
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+    def context_length(self) -> int: ...
+    # LLM only (other kinds raise ValueError):
+    def apply_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str: ...
+    def generate(self, prompt: str | Sequence[int], config: dict[str, Any]) -> Generation:
+        """Start a prediction. `prompt` is raw text (tokenized with special tokens parsed) or token ids.
+        `config` keys: max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop_strings, seed.
+        The instance is busy (its FIFO queue holds) until the Generation ends, is cancelled or dropped."""
+    def evaluate(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Logits at every position, shape (len(tokens), vocab), from an empty cache."""
+    # Embedding only:
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Shape (len(texts), dim)."""
+
+@final
+class Generation:
+    """A running prediction. Iterating yields fragments {"content": str, "tokens": list[int]}."""
+
+    def __iter__(self) -> Generation: ...
+    def __next__(self) -> dict[str, Any]: ...
+    def cancel(self) -> None:
+        """Stop after the current token; the stop reason becomes "userStopped"."""
+    def result(self) -> dict[str, Any]:
+        """Run to the end, then {"content", "tokens", "stats": {prompt_tokens_count, predicted_tokens_count,
+        total_tokens_count, time_to_first_token_sec, tokens_per_second, stop_reason}}."""
