@@ -209,6 +209,8 @@ pub fn dtype_name(dtype: GgmlDType) -> &'static str {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// When false, arrays are validated but stored empty (the catalog needs scalars only).
+    keep_arrays: bool,
 }
 
 type ParseResult<T> = std::result::Result<T, String>;
@@ -281,9 +283,12 @@ impl<'a> Reader<'a> {
                 let item_type = self.u32("array type")?;
                 let min_item = value_min_size(item_type).ok_or(format!("unknown array value type {item_type}"))?;
                 let n = self.count("array length", min_item)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(if self.keep_arrays { n } else { 0 });
                 for _ in 0..n {
-                    items.push(self.value(item_type, depth + 1)?);
+                    let item = self.value(item_type, depth + 1)?;
+                    if self.keep_arrays {
+                        items.push(item);
+                    }
                 }
                 Value::Array(items)
             }
@@ -310,11 +315,16 @@ fn value_min_size(type_id: u32) -> Option<usize> {
 
 /// Parse and validate a GGUF file's header; `bytes` is the whole file.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
-    parse_inner(bytes).map_err(|reason| Error::load(path, reason))
+    parse_inner(bytes, true).map_err(|reason| Error::load(path, reason))
 }
 
-fn parse_inner(bytes: &[u8]) -> ParseResult<GgufHeader> {
-    let mut r = Reader { bytes, pos: 0 };
+/// Like `parse`, with every check, but metadata arrays (vocabularies, merges) come back empty.
+pub fn parse_summary(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
+    parse_inner(bytes, false).map_err(|reason| Error::load(path, reason))
+}
+
+fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
+    let mut r = Reader { bytes, pos: 0, keep_arrays };
     let magic = r.take(4, "magic")?;
     if magic != MAGIC {
         return Err(format!("not a GGUF file (magic {magic:02x?})"));

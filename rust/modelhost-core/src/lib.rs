@@ -5,8 +5,24 @@
 //! `llm`/`embedding` run models, `tokenizer`/`template` turn text into ids and chats into prompts.
 #![deny(missing_docs)]
 
+#[cfg(feature = "wip_llm")]
+pub mod catalog;
+#[cfg(feature = "wip_llm")]
+pub mod config;
+#[cfg(feature = "wip_embedding")]
+pub mod embedding;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "wip_llm")]
+pub mod instances;
+pub mod kernels;
+#[cfg(feature = "wip_llm")]
+pub mod llm;
+pub mod placement;
+#[cfg(feature = "wip_embedding")]
+pub mod safetensors;
+pub mod template;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{BoxError, Error, Result};

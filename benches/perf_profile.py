@@ -1,0 +1,185 @@
+"""Where modelhost's time goes: perf samples of prompt processing, generation and embedding, each on its own.
+
+    python benches/perf_profile.py [--python .venv-bench/bin/python] [--seconds 10] [--phases prompt,generate,embed]
+
+Needs `perf` (Debian's linux-perf). This VM has no hardware counters, so it samples the `cpu-clock` software
+event. Loading and warm-up are not sampled: perf starts disabled and the workload switches it on through perf's
+control fifo once the model is loaded and warm. Prints, per phase, the share of samples by shared object and
+the top symbols by self time, and writes the same to benches/results/profile-<date>-<host>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import _common as C  # noqa: E402
+
+PHASES = ("prompt", "generate", "embed")
+
+
+def inner(phase: str, seconds: float, ctl: str, ack: str, models_dir: Path) -> None:
+    """The profiled workload; runs under perf, enables sampling only around the measured loop."""
+    import modelhost as mh
+
+    client = mh.Client(str(models_dir))
+    if phase == "embed":
+        h = client.embedding.model(C.EMB_KEY)
+        sents = C.sentences()
+
+        def step(i: int) -> None:
+            for j in range(0, len(sents), C.EMB_BATCH):
+                h.embed(sents[j : j + C.EMB_BATCH])
+    else:
+        h = client.llm.model(C.LLM_KEY, config={"contextLength": C.CONTEXT_LENGTH})
+        if phase == "prompt":
+
+            def step(i: int) -> None:
+                h.complete(C.prompt_text(i), config={"maxTokens": 1, "temperature": 0})
+        else:
+            # a 2-token prompt, so nearly all the time is decoding
+            def step(i: int) -> None:
+                h.complete(
+                    f"{C.PROMPT_OPENERS[i % len(C.PROMPT_OPENERS)]}:", config={"maxTokens": 128, "temperature": 0}
+                )
+
+    step(0)  # warm-up, not sampled
+    with open(ctl, "w") as c, open(ack) as a:
+        c.write("enable\n")
+        c.flush()
+        a.readline()
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            n += 1
+            step(n)
+        c.write("disable\n")
+        c.flush()
+        a.readline()
+    print(f"{phase}: {n} iterations in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    client.close()
+
+
+def report(data: Path, sort: str, limit: float) -> str:
+    out = subprocess.run(
+        [
+            "perf",
+            "report",
+            "-i",
+            str(data),
+            "--no-children",
+            "--sort",
+            sort,
+            "--stdio",
+            "--percent-limit",
+            str(limit),
+            "-g",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return "\n".join(line for line in out.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def shorten(line: str) -> str:
+    """Trim Rust generics and hashes from a perf symbol line, so the tables stay readable."""
+    line = re.sub(r"::h[0-9a-f]{16}", "", line)
+    for _ in range(3):
+        line = re.sub(r"<[^<>]*>", "<…>", line)
+    return line
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
+    ap.add_argument("--seconds", type=float, default=10.0, help="sampled time per phase")
+    ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path(os.environ.get("MODELHOST_MODELS_DIR", Path.home() / ".cache/modelhost/models")),
+    )
+    ap.add_argument("--inner", choices=PHASES, help=argparse.SUPPRESS)
+    ap.add_argument("--ctl", help=argparse.SUPPRESS)
+    ap.add_argument("--ack", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.inner:
+        inner(args.inner, args.seconds, args.ctl, args.ack, args.models_dir)
+        return 0
+
+    env = {**os.environ, **C.thread_env()}
+    sections = [
+        f"# modelhost profile, {dt.date.today()} on {socket.gethostname()}",
+        f"perf record -e cpu-clock -F 999, {C.THREADS} threads, {args.seconds:.0f} s sampled per phase",
+        "",
+    ]
+    with tempfile.TemporaryDirectory(prefix="modelhost-profile-") as tmp:
+        for phase in args.phases.split(","):
+            ctl, ack, data = Path(tmp, f"{phase}.ctl"), Path(tmp, f"{phase}.ack"), Path(tmp, f"{phase}.data")
+            os.mkfifo(ctl)
+            os.mkfifo(ack)
+            cmd = [
+                "perf",
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "999",
+                "-g",
+                "-D",
+                "-1",
+                "--control",
+                f"fifo:{ctl},{ack}",
+                "-o",
+                str(data),
+                "--",
+                args.python,
+                __file__,
+                "--inner",
+                phase,
+                "--seconds",
+                str(args.seconds),
+                "--ctl",
+                str(ctl),
+                "--ack",
+                str(ack),
+                "--models-dir",
+                str(args.models_dir),
+            ]
+            subprocess.run(cmd, env=env, check=True)
+            by_dso = report(data, "dso", 0.5)
+            by_sym = "\n".join(shorten(x) for x in report(data, "dso,symbol", 0.7).splitlines())
+            sections += [
+                f"## {phase}",
+                "",
+                "### by shared object (self time)",
+                "",
+                by_dso,
+                "",
+                "### top symbols (self time)",
+                "",
+                by_sym,
+                "",
+            ]
+    text = "\n".join(sections) + "\n"
+    print(text)
+    out = HERE / "results" / f"profile-{dt.date.today()}-{socket.gethostname()}.txt"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+//! Quantized matrix products for the weight types candle runs slowly on the CPU (its Q4_1 dot product
+//! is scalar), done as ggml does them: activations quantized to 8 bits per 32-block, integer dot
+//! products with AVX2, f32 accumulation. Work is split over candle's spinning barrier pool, the same
+//! threads candle's own kernels use, so the two never fight over the cores.
+
+use half::f16;
+
+/// Elements per quantization block.
+pub const BLOCK: usize = 32;
+/// Activation rows multiplied per weight-block load (register blocking).
+const ROW_TILE: usize = 4;
+
+/// Weight block formats this module runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantKind {
+    /// f16 scale, f16 minimum, 16 bytes of nibbles (20 bytes per 32 weights).
+    Q4_1,
+    /// f16 scale, 32 signed bytes (34 bytes per 32 weights).
+    Q8_0,
+}
+
+impl QuantKind {
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            QuantKind::Q4_1 => 20,
+            QuantKind::Q8_0 => 34,
+        }
+    }
+}
+
+/// One block of activations quantized to 8 bits: ggml's `block_q8_1` (`s` unused for Q8_0).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct BlockQ8 {
+    d: f32,
+    s: f32,
+    qs: [i8; BLOCK],
+}
+
+/// A quantized weight matrix of `rows × cols` in ggml's block layout.
+pub struct QuantMatrix {
+    kind: QuantKind,
+    data: Vec<u8>,
+    rows: usize,
+    cols: usize,
+}
+
+impl QuantMatrix {
+    /// Copy the raw bytes of a GGUF tensor with ggml dims `[cols, rows]`; `None` if the sizes disagree.
+    pub fn new(kind: QuantKind, data: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        let expected = rows.checked_mul(cols / BLOCK)?.checked_mul(kind.block_bytes())?;
+        if cols % BLOCK != 0 || data.len() != expected {
+            return None;
+        }
+        Some(QuantMatrix { kind, data: data.to_vec(), rows, cols })
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The raw blocks of row `r`.
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        let len = self.cols / BLOCK * self.kind.block_bytes();
+        &self.data[r * len..(r + 1) * len]
+    }
+
+    /// `x` is `(m, cols)` row-major; returns `(m, rows)` = x · Wᵀ.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.cols, "activation size");
+        let nb = self.cols / BLOCK;
+        let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
+        let mut y = vec![0f32; m * self.rows];
+        let (n, y_ptr) = (self.rows, y.as_mut_ptr() as usize);
+        candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
+            let mut out = [0f32; ROW_TILE];
+            for r in rows {
+                let w = self.row_bytes(r);
+                // One weight row against every activation row, ROW_TILE at a time: the row stays in L1.
+                for i0 in (0..m).step_by(ROW_TILE) {
+                    let tile = (m - i0).min(ROW_TILE);
+                    let a: [&[BlockQ8]; ROW_TILE] = std::array::from_fn(|t| &acts[(i0 + t.min(tile - 1)) * nb..][..nb]);
+                    dot_tile(self.kind, w, &a, &mut out);
+                    for (t, v) in out.iter().take(tile).enumerate() {
+                        // SAFETY: every (activation row, weight row) element is written by exactly one
+                        // work item (rows are partitioned), and the index is inside `y`.
+                        unsafe { *(y_ptr as *mut f32).add((i0 + t) * n + r) = *v };
+                    }
+                }
+            }
+        });
+        y
+    }
+}
+
+/// ggml's `quantize_row_q8_1` for one block (both scales rounded through f16, as ggml stores them).
+fn quantize_q8(x: &[f32]) -> BlockQ8 {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; BLOCK];
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+        sum += i32::from(*q);
+    }
+    BlockQ8 { d: f16::from_f32(d).to_f32(), s: f16::from_f32(sum as f32 * d).to_f32(), qs }
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Dot products of one weight row with ROW_TILE activation rows.
+fn dot_tile(kind: QuantKind, w: &[u8], a: &[&[BlockQ8]; ROW_TILE], out: &mut [f32; ROW_TILE]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    // SAFETY: the target features are enabled at compile time; `w` holds as many blocks as each `a`.
+    unsafe {
+        match kind {
+            QuantKind::Q4_1 => avx2::dot_tile_q4_1(w, a, out),
+            QuantKind::Q8_0 => avx2::dot_tile_q8_0(w, a, out),
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    for (o, a) in out.iter_mut().zip(a) {
+        *o = dot_scalar(kind, w, a);
+    }
+}
+
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
+/// The portable reference: ggml's `vec_dot_q4_1_q8_1` and `vec_dot_q8_0_q8_0`.
+fn dot_scalar(kind: QuantKind, w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut sum = 0f32;
+    for (wb, ab) in w.chunks_exact(kind.block_bytes()).zip(a) {
+        let d = f16_at(wb, 0);
+        let mut isum = 0i32;
+        match kind {
+            QuantKind::Q4_1 => {
+                for j in 0..BLOCK / 2 {
+                    let q = wb[4 + j];
+                    isum += i32::from(q & 0x0f) * i32::from(ab.qs[j]) + i32::from(q >> 4) * i32::from(ab.qs[j + 16]);
+                }
+                sum += d * ab.d * isum as f32 + f16_at(wb, 2) * ab.s;
+            }
+            QuantKind::Q8_0 => {
+                for j in 0..BLOCK {
+                    isum += i32::from(wb[2 + j] as i8) * i32::from(ab.qs[j]);
+                }
+                sum += d * ab.d * isum as f32;
+            }
+        }
+    }
+    sum
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod avx2 {
+    use super::{f16_at, BlockQ8, QuantKind, ROW_TILE};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// u8 × i8 pairs summed to i32 lanes, as floats.
+    #[inline(always)]
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `w` must hold as many Q4_1 blocks as each activation row.
+    #[inline]
+    pub(super) unsafe fn dot_tile_q4_1(w: &[u8], a: &[&[BlockQ8]; ROW_TILE], out: &mut [f32; ROW_TILE]) {
+        let low = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); ROW_TILE];
+        let mut mins = [0f32; ROW_TILE];
+        for (b, wb) in w.chunks_exact(QuantKind::Q4_1.block_bytes()).enumerate() {
+            let (d, m) = (f16_at(wb, 0), f16_at(wb, 2));
+            // 16 bytes of nibbles → 32 bytes: low nibbles first, then high nibbles (ggml's order).
+            let packed = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
+            let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+            for t in 0..ROW_TILE {
+                let ab = a[t].get_unchecked(b);
+                let qa = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot_u8_i8(qw, qa), acc[t]);
+                mins[t] += m * ab.s;
+            }
+        }
+        for t in 0..ROW_TILE {
+            out[t] = hsum(acc[t]) + mins[t];
+        }
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `w` must hold as many Q8_0 blocks as each activation row.
+    #[inline]
+    pub(super) unsafe fn dot_tile_q8_0(w: &[u8], a: &[&[BlockQ8]; ROW_TILE], out: &mut [f32; ROW_TILE]) {
+        let mut acc = [_mm256_setzero_ps(); ROW_TILE];
+        for (b, wb) in w.chunks_exact(QuantKind::Q8_0.block_bytes()).enumerate() {
+            let d = f16_at(wb, 0);
+            let qw = _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i);
+            // maddubs wants unsigned × signed: |w| × (a with w's sign), as ggml does.
+            let abs_w = _mm256_sign_epi8(qw, qw);
+            for t in 0..ROW_TILE {
+                let ab = a[t].get_unchecked(b);
+                let qa = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+                let signed_a = _mm256_sign_epi8(qa, qw);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot_u8_i8(abs_w, signed_a), acc[t]);
+            }
+        }
+        for t in 0..ROW_TILE {
+            out[t] = hsum(acc[t]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
+    use candle_core::{Device, Module, Tensor};
+
+    fn random_blocks(kind: QuantKind, blocks: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let mut out = Vec::new();
+        for _ in 0..blocks {
+            out.extend(f16::from_f32((next() % 1000) as f32 / 20000.0).to_le_bytes());
+            if kind == QuantKind::Q4_1 {
+                out.extend(f16::from_f32(-((next() % 1000) as f32) / 10000.0).to_le_bytes());
+                out.extend((0..16).map(|_| next() as u8));
+            } else {
+                out.extend((0..32).map(|_| next() as u8));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_candle_and_the_scalar_reference() {
+        for (kind, dtype) in [(QuantKind::Q4_1, GgmlDType::Q4_1), (QuantKind::Q8_0, GgmlDType::Q8_0)] {
+            let (rows, cols) = (203, 96);
+            let data = random_blocks(kind, rows * cols / BLOCK, 7);
+            let w = QuantMatrix::new(kind, &data, rows, cols).unwrap();
+            let q = QMatMul::from_qtensor(qtensor_from_ggml(dtype, &data, vec![rows, cols], &Device::Cpu).unwrap());
+            let q = q.unwrap();
+            for m in [1, 3, 4, 9] {
+                let x: Vec<f32> = (0..m * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+                let ours = w.matmul(&x, m);
+                let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
+                let theirs: Vec<f32> = q.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                for (a, b) in ours.iter().zip(&theirs) {
+                    assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{kind:?} m={m}: {a} vs {b}");
+                }
+                let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
+                let reference = dot_scalar(kind, w.row_bytes(5), &acts[..cols / BLOCK]);
+                assert!((reference - ours[5]).abs() < 1e-3 * reference.abs().max(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_wrong_sizes() {
+        assert!(QuantMatrix::new(QuantKind::Q4_1, &[0; 20], 1, 33).is_none());
+        assert!(QuantMatrix::new(QuantKind::Q4_1, &[0; 21], 1, 32).is_none());
+        assert!(QuantMatrix::new(QuantKind::Q8_0, &[0; 34], 1, 32).is_some());
+    }
+}

@@ -1,0 +1,131 @@
+"""Shared constants and process probes for the tests (RSS, memory maps, threads)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import modelhost
+
+LLM_KEY = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+LLM_ALIAS = "smollm2-135m-instruct"
+LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMB_KEY = "sentence-transformers/all-MiniLM-L6-v2"
+EMB_ALIAS = "all-minilm-l6-v2"
+EMB_WEIGHTS = "model.safetensors"
+
+REFS = Path(__file__).parent / "refs"
+EOG_IDS = {0, 2, 4}  # SmolLM2's end-of-generation ids, as llama.cpp defines them
+STOP_REASONS = {"eosFound", "maxPredictedTokensReached", "stopStringFound", "contextLengthReached", "userStopped"}
+
+
+def default_models_dir() -> Path:
+    """The models dir the tests use: $MODELHOST_MODELS_DIR or ~/.cache/modelhost/models."""
+    env = os.environ.get("MODELHOST_MODELS_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "modelhost" / "models"
+
+
+def llm_path(models_dir: Path) -> Path:
+    """The SmolLM2 GGUF file."""
+    return models_dir / LLM_KEY / LLM_FILE
+
+
+def emb_path(models_dir: Path) -> Path:
+    """The MiniLM folder."""
+    return models_dir / EMB_KEY
+
+
+def load_ref(name: str) -> dict[str, Any]:
+    """A reference-output file from tests/refs."""
+    with open(REFS / name, encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def rss_bytes() -> int:
+    """Resident set size now (VmRSS), after a garbage collection."""
+    gc.collect()
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size so far (VmHWM)."""
+    return _status_kb("VmHWM") * 1024
+
+
+def thread_count() -> int:
+    """Threads of this process."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def mapping_lines(path: str | Path) -> list[str]:
+    """Lines of /proc/self/maps that map ``path`` (by its real path)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+        return [line.rstrip("\n") for line in f if line.rstrip("\n").endswith(" " + target)]
+
+
+def mapped_ranges(path: str | Path) -> set[tuple[str, str]]:
+    """The distinct (inode, address range) mappings of ``path``: one file mapped once gives one entry per segment."""
+    result = set()
+    for line in mapping_lines(path):
+        fields = line.split()
+        result.add((fields[4], fields[0]))
+    return result
+
+
+def mapped_inode_count(path: str | Path) -> int:
+    """How many separate mappings of ``path`` exist (contiguous segments of one mapping count once)."""
+    lines = mapping_lines(path)
+    segments = sorted(tuple(int(x, 16) for x in line.split()[0].split("-")) for line in lines)
+    count = 0
+    end = -1
+    for start, stop in segments:
+        if start != end:
+            count += 1
+        end = stop
+    return count
+
+
+def link_or_copy(src: Path, dst: Path) -> Path:
+    """Hard-link ``src`` to ``dst`` (same inode, no disk cost), or copy it across filesystems."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> float:
+    """Poll until ``predicate()`` holds; returns the seconds waited, or raises AssertionError at the timeout."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+@contextmanager
+def placement_warnings_allowed() -> Iterator[list[warnings.WarningMessage]]:
+    """Record PlacementWarnings (a GPU ratio on a machine without a GPU); other warnings still fail the test."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", modelhost.PlacementWarning)
+        yield caught

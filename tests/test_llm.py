@@ -1,0 +1,333 @@
+"""The LLM handle on SmolLM2: tokenizer, chat template, logits and greedy output against llama.cpp (SPEC §6),
+prediction results and streams, sampling, stop conditions, cancellation."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import modelhost as lms
+import numpy as np
+import pytest
+from helpers import EOG_IDS, LLM_KEY, STOP_REASONS, llm_path, load_ref
+
+pytestmark = pytest.mark.timeout(120)
+
+REF = load_ref("smollm2.json")
+VOCAB = REF["model"]["n_vocab"]
+
+
+def _leading_confident_steps(case: dict[str, Any], margin: float = 1.0) -> int:
+    """Greedy steps before the first whose top-1 leads top-2 by less than ``margin`` (near-ties may flip)."""
+    steps = case["steps_[chosen id, its logit, margin to 2nd best]"]
+    for i, step in enumerate(steps):
+        if step["margin_to_2nd"] < margin:
+            return i
+    return len(steps)
+
+
+# --- tokenizer and template ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", REF["tokenization"], ids=lambda c: repr(c["text"][:24]))
+def test_tokenize_matches_llama_cpp(llm: lms.LLM, case: dict[str, Any]) -> None:
+    assert llm.tokenize(case["text"]) == case["ids"]
+    assert llm.count_tokens(case["text"]) == case["n_tokens"]
+
+
+def test_tokenize_many(llm: lms.LLM) -> None:
+    texts = [case["text"] for case in REF["tokenization"][:5]]
+    assert llm.tokenize(texts) == [case["ids"] for case in REF["tokenization"][:5]]
+    assert llm.tokenize(iter(texts)) == llm.tokenize(texts)
+    assert llm.tokenize([]) == []
+
+
+@pytest.mark.parametrize("case", REF["chat_template"]["cases"], ids=lambda c: str(len(c["messages"])))
+def test_apply_prompt_template_matches_the_reference(llm: lms.LLM, case: dict[str, Any]) -> None:
+    messages = case["messages"]
+    assert llm.apply_prompt_template(messages) == case["rendered"]
+    assert llm.apply_prompt_template({"messages": messages}) == case["rendered"]
+    assert llm.apply_prompt_template(lms.Chat.from_history({"messages": messages})) == case["rendered"]
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        assert llm.apply_prompt_template(messages[0]["content"]) == case["rendered"]
+
+
+# --- logits --------------------------------------------------------------------------------------------------------
+
+
+def _all_greedy_cases() -> list[tuple[str, dict[str, Any]]]:
+    raw = [(f"raw-{i}", c) for i, c in enumerate(REF["raw_completion"]["cases"])]
+    chat = [(f"chat-{i}", c) for i, c in enumerate(REF["chat_completion"]["cases"])]
+    return raw + chat
+
+
+@pytest.mark.parametrize(("name", "case"), _all_greedy_cases(), ids=[n for n, _ in _all_greedy_cases()])
+def test_logits_and_teacher_forced_argmax(llm: lms.LLM, name: str, case: dict[str, Any]) -> None:
+    prompt_ids = case["prompt_ids"]
+    generated = case["generated_ids"]
+    logits = llm.evaluate(prompt_ids + generated)
+    assert logits.dtype == np.float32
+    assert logits.shape == (len(prompt_ids) + len(generated), VOCAB)
+    last = logits[len(prompt_ids) - 1]
+    for token, reference in case["top5_next_token_logits_[id,logit]"]:
+        assert abs(float(last[token]) - reference) <= 0.5, (token, float(last[token]), reference)
+    steps = case["steps_[chosen id, its logit, margin to 2nd best]"]
+    for i, step in enumerate(steps):
+        if step["margin_to_2nd"] >= 1.0:
+            assert int(np.argmax(logits[len(prompt_ids) - 1 + i])) == step["id"], f"step {i}"
+
+
+def test_evaluate_prefix_consistency(llm: lms.LLM) -> None:
+    ids = REF["raw_completion"]["cases"][0]["prompt_ids"]
+    full = llm.evaluate(ids)
+    prefix = llm.evaluate(ids[:3])
+    np.testing.assert_allclose(full[:3], prefix, atol=1e-3)
+    assert llm.evaluate(np.array(ids, dtype=np.int64)).shape == full.shape  # type: ignore[arg-type]
+
+
+# --- greedy generation -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", range(len(REF["raw_completion"]["cases"])))
+def test_greedy_completion_matches_llama_cpp(llm: lms.LLM, index: int) -> None:
+    case = REF["raw_completion"]["cases"][index]
+    n = REF["raw_completion"]["max_new_tokens"]
+    result = llm.complete(case["prompt"], {"temperature": 0, "maxTokens": n})
+    k = _leading_confident_steps(case)
+    assert result.tokens[:k] == case["generated_ids"][:k]
+    assert result.stats.prompt_tokens_count == len(case["prompt_ids"])
+    if k == len(case["generated_ids"]):
+        assert result.content == case["generated_text"]
+        assert result.stats.stop_reason == "maxPredictedTokensReached"
+
+
+@pytest.mark.parametrize("index", range(len(REF["chat_completion"]["cases"])))
+def test_greedy_chat_matches_llama_cpp(llm: lms.LLM, index: int) -> None:
+    case = REF["chat_completion"]["cases"][index]
+    n = REF["chat_completion"]["max_new_tokens"]
+    result = llm.respond(case["messages"], {"temperature": 0, "maxTokens": n})
+    k = _leading_confident_steps(case)
+    assert result.tokens[:k] == case["generated_ids"][:k]
+    assert result.stats.prompt_tokens_count == len(case["prompt_ids"])
+
+
+def test_generation_never_emits_end_of_generation_tokens(llm: lms.LLM) -> None:
+    result = llm.respond("Say hi.", {"temperature": 0, "maxTokens": 64})
+    assert not EOG_IDS & set(result.tokens)
+    assert "<|im_end|>" not in result.content
+    if result.stats.stop_reason == "eosFound":
+        assert result.stats.predicted_tokens_count is not None
+        assert result.stats.predicted_tokens_count <= 64
+
+
+# --- results and streams ---------------------------------------------------------------------------------------------
+
+
+def test_prediction_result_shape(llm: lms.LLM, models_dir: Path) -> None:
+    result = llm.respond("What is the capital of France?", {"maxTokens": 8, "temperature": 0})
+    assert isinstance(result, lms.PredictionResult)
+    assert str(result) == result.content
+    assert result.parsed == result.content
+    assert result.structured is False
+    assert repr(result) == f"PredictionResult(content={result.content!r})"
+    assert all(isinstance(t, int) for t in result.tokens)
+    stats = result.stats
+    assert stats.stop_reason in STOP_REASONS
+    assert stats.prompt_tokens_count is not None and stats.prompt_tokens_count > 0
+    assert stats.predicted_tokens_count is not None and 0 < stats.predicted_tokens_count <= 8
+    assert stats.total_tokens_count == stats.prompt_tokens_count + stats.predicted_tokens_count
+    assert len(result.tokens) <= stats.predicted_tokens_count <= len(result.tokens) + 1
+    assert stats.time_to_first_token_sec is not None and 0 < stats.time_to_first_token_sec < 30
+    assert stats.tokens_per_second is not None and stats.tokens_per_second > 0
+    assert result.model_info.model_key == LLM_KEY
+    assert result.model_info.display_name
+    assert Path(result.model_info.path) == llm_path(models_dir)
+    assert result.load_config == llm.get_load_config()
+    assert result.prediction_config.max_tokens == 8
+
+
+def test_max_tokens(llm: lms.LLM) -> None:
+    result = llm.complete("1, 2, 3, 4, 5,", {"maxTokens": 3, "temperature": 0})
+    assert result.stats.stop_reason == "maxPredictedTokensReached"
+    assert result.stats.predicted_tokens_count == 3 == len(result.tokens)
+
+
+def test_stop_strings(llm: lms.LLM) -> None:
+    case = REF["raw_completion"]["cases"][3]  # "1, 2, 3, 4, 5," counts on with high confidence
+    assert case["prompt"] == "1, 2, 3, 4, 5,"
+    text = case["generated_text"]
+    assert " 8" in text
+    result = llm.complete(case["prompt"], {"maxTokens": 32, "temperature": 0, "stopStrings": [" 8", "never"]})
+    assert result.stats.stop_reason == "stopStringFound"
+    assert result.content == text[: text.index(" 8")]
+    stream = llm.complete_stream(case["prompt"], {"maxTokens": 32, "temperature": 0, "stopStrings": [" 8"]})
+    assert "".join(f.content for f in stream) == result.content
+
+
+def test_greedy_is_deterministic_and_seeds_reproduce(llm: lms.LLM) -> None:
+    prompt = "Once upon a time,"
+    greedy = [llm.complete(prompt, {"maxTokens": 12, "temperature": 0}).tokens for _ in range(2)]
+    assert greedy[0] == greedy[1]
+    config = {"maxTokens": 12, "temperature": 1.0, "seed": 1234, "topKSampling": 40, "topPSampling": 0.95}
+    sampled = [llm.complete(prompt, config).tokens for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    others = {tuple(llm.complete(prompt, {**config, "seed": seed}).tokens) for seed in range(5)}
+    assert len(others) > 1, "different seeds never changed a temperature-1 sample"
+
+
+def test_sampler_options_are_accepted(llm: lms.LLM) -> None:
+    config = lms.LlmPredictionConfig(
+        max_tokens=4,
+        temperature=0.7,
+        top_k_sampling=20,
+        top_p_sampling=0.9,
+        min_p_sampling=0.05,
+        repeat_penalty=1.1,
+        seed=5,
+    )
+    assert llm.complete("Hello", config).stats.predicted_tokens_count == 4
+
+
+def test_stream_fragments_add_up_to_the_result(llm: lms.LLM) -> None:
+    events: list[str] = []
+    fragments_seen: list[lms.LlmPredictionFragment] = []
+    messages: list[lms.ChatMessage] = []
+    stream = llm.respond_stream(
+        "Count to five.",
+        {"maxTokens": 16, "temperature": 0},
+        on_first_token=lambda: events.append("first"),
+        on_prediction_fragment=fragments_seen.append,
+        on_message=messages.append,
+        on_prompt_processing_progress=lambda p: events.append(f"progress {p}"),
+    )
+    fragments = list(stream)
+    result = stream.result()
+    assert fragments == fragments_seen
+    assert "".join(f.content for f in fragments) == result.content
+    assert [t for f in fragments for t in f.tokens] == result.tokens
+    assert all(f.tokens_count == len(f.tokens) for f in fragments)
+    assert events[:3] == ["progress 0.0", "progress 1.0", "first"]
+    assert events.count("first") == 1
+    assert messages == [lms.ChatMessage("assistant", result.content)]
+    assert stream.result() is result
+    assert stream.wait_for_result() is result
+    assert list(stream) == []
+
+
+def test_result_finishes_an_unread_stream(llm: lms.LLM) -> None:
+    stream = llm.complete_stream("1, 2, 3,", {"maxTokens": 5, "temperature": 0})
+    assert stream.result().stats.predicted_tokens_count == 5
+
+
+def test_on_message_appends_to_a_chat(llm: lms.LLM) -> None:
+    chat = lms.Chat("You answer questions concisely")
+    chat.add_user_message("Tell me three fruits")
+    result = llm.respond(chat, {"maxTokens": 10}, on_message=chat.append)
+    assert chat.to_messages()[-1] == {"role": "assistant", "content": result.content}
+    chat.add_user_message("Tell me three more fruits")
+    llm.respond(chat, {"maxTokens": 10}, on_message=chat.append)
+    assert [m["role"] for m in chat.to_messages()] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_cancel_stops_with_user_stopped(llm: lms.LLM) -> None:
+    stream = llm.complete_stream("1, 2, 3, 4, 5,", {"maxTokens": 200, "temperature": 0})
+    count = 0
+    for _ in stream:
+        count += 1
+        if count == 3:
+            stream.cancel()
+    assert count <= 5
+    result = stream.result()
+    assert result.stats.stop_reason == "userStopped"
+    assert result.stats.predicted_tokens_count is not None and result.stats.predicted_tokens_count <= 5
+
+
+def test_cancel_from_another_thread(llm: lms.LLM) -> None:
+    stream = llm.complete_stream("1, 2, 3, 4, 5,", {"maxTokens": 500, "temperature": 0})
+    next(stream)
+    timer = threading.Timer(0.2, stream.cancel)
+    timer.start()
+    start = time.monotonic()
+    result = stream.result()
+    timer.join()
+    assert result.stats.stop_reason == "userStopped"
+    assert time.monotonic() - start < 5
+
+
+def _quick_request_time(llm: lms.LLM) -> float:
+    start = time.monotonic()
+    llm.complete("Hi", {"maxTokens": 1})
+    return time.monotonic() - start
+
+
+def test_closing_or_abandoning_a_stream_frees_the_instance(llm: lms.LLM) -> None:
+    with llm.complete_stream("1, 2, 3, 4, 5,", {"maxTokens": 1000, "temperature": 0}) as stream:
+        next(stream)
+    assert stream.result().stats.stop_reason == "userStopped"
+    assert _quick_request_time(llm) < 3
+    abandoned = llm.respond_stream("Write a long story.", {"maxTokens": 1000})
+    next(abandoned)
+    del abandoned
+    gc.collect()
+    assert _quick_request_time(llm) < 3
+    never_iterated = llm.complete_stream("1, 2, 3,", {"maxTokens": 1000})
+    never_iterated.close()
+    assert _quick_request_time(llm) < 3
+
+
+def test_an_exception_inside_a_with_block_cancels(llm: lms.LLM) -> None:
+    with pytest.raises(KeyError), llm.complete_stream("1, 2, 3,", {"maxTokens": 1000}) as stream:
+        next(stream)
+        raise KeyError("app error")
+    assert stream.finished
+    assert _quick_request_time(llm) < 3
+
+
+def test_one_instance_serves_requests_in_order(llm: lms.LLM) -> None:
+    expected = llm.complete("1, 2, 3,", {"maxTokens": 6, "temperature": 0}).tokens
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(llm.complete("1, 2, 3,", {"maxTokens": 6, "temperature": 0}).tokens)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert results == [expected] * 4
+
+
+# --- info ----------------------------------------------------------------------------------------------------------
+
+
+def test_info_fields(llm: lms.LLM, models_dir: Path) -> None:
+    info = llm.get_info()
+    assert isinstance(info, lms.LlmInstanceInfo)
+    assert info.type == "llm"
+    assert info.model_key == LLM_KEY
+    assert info.format == "gguf"
+    assert info.display_name
+    assert Path(info.path) == llm_path(models_dir)
+    assert info.size_bytes == llm_path(models_dir).stat().st_size
+    assert info.identifier == llm.identifier
+    assert info.instance_reference == llm.instance_reference != ""
+    assert info.architecture == "llama"
+    assert info.params_string == "135M"
+    assert info.max_context_length == 8192
+    assert info.context_length == llm.get_context_length() == 4096
+    assert info.vision is False
+    assert isinstance(info.trained_for_tool_use, bool)
+    assert info.ttl is None
+    assert isinstance(info.last_used, float) and info.last_used <= time.time()
+    assert info.device in ("cpu", "cuda:0")
+    assert info.placement
+    assert info.to_dict()["model_key"] == LLM_KEY
