@@ -200,7 +200,11 @@ def emb_keeper(module_client: lms.Client) -> lms.EmbeddingModel:
 
 
 def _assert_clean_failure(
-    client: lms.Client, load: Callable[[], object], path: Path, keepers: list[lms.ModelHandle]
+    client: lms.Client,
+    load: Callable[[], object],
+    path: Path,
+    keepers: list[lms.ModelHandle],
+    allowance: int = LYING_ALLOCATION_LIMIT,
 ) -> lms.ModelLoadError:
     loaded = [(h.identifier, h.instance_reference) for h in client.list_loaded_models()]
     mapped = _core.mapped_file_count()
@@ -210,7 +214,7 @@ def _assert_clean_failure(
         load()
     assert isinstance(info.value, ValueError)
     assert path.name in str(info.value), f"the error does not name the file: {info.value}"
-    assert peak_rss_bytes() - peak < LYING_ALLOCATION_LIMIT, "allocated in proportion to a lying header"
+    assert peak_rss_bytes() - peak < allowance, "allocated in proportion to a lying header"
     assert [(h.identifier, h.instance_reference) for h in client.list_loaded_models()] == loaded
     assert _core.mapped_file_count() == mapped
     assert mapping_lines(path) == []
@@ -387,8 +391,10 @@ def test_hostile_side_files(
         config["intermediate_size"] = 2**40
         content = json.dumps(config).encode()
     (folder / file).write_bytes(content)
+    # The real weights may be read before the bad side file is: allow for them, not for a lying header.
+    allowance = (folder / "model.safetensors").stat().st_size + LYING_ALLOCATION_LIMIT
     error = _assert_clean_failure(
-        module_client, lambda: module_client.embedding.model(str(folder)), folder / file, [emb_keeper]
+        module_client, lambda: module_client.embedding.model(str(folder)), folder / file, [emb_keeper], allowance
     )
     assert folder.name in str(error)
 
@@ -549,7 +555,9 @@ def test_embedding_handles_have_no_llm_methods(emb_keeper: lms.EmbeddingModel) -
 
 
 def test_context_length_exceeded(module_client: lms.Client) -> None:
-    small = module_client.llm.load_new_instance(LLM_KEY, "small-context", config={"contextLength": 64, "evalBatchSize": 64})
+    small = module_client.llm.load_new_instance(
+        LLM_KEY, "small-context", config={"contextLength": 64, "evalBatchSize": 64}
+    )
     try:
         long_prompt = "one two three four five six seven eight nine ten " * 10
         with pytest.raises(lms.ContextLengthExceededError) as info:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import modelhost as lms
 import pytest
-from helpers import EMB_ALIAS, EMB_KEY, LLM_ALIAS, LLM_KEY, default_models_dir
+from helpers import EMB_ALIAS, EMB_KEY, LLM_ALIAS, LLM_KEY, default_models_dir, wait_until
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -131,6 +131,9 @@ class InstanceTable(RuleBasedStateMachine):
             time.sleep(0.05)
         assert not handle.is_loaded(), "not evicted by its TTL"
         assert "short-lived" not in {h.identifier for h in self.client.list_loaded_models()}
+        # The memory goes right after: wait for the mapping to be released (if no other instance holds it).
+        expected = self.baseline + len({e.kind for e in self.table.values()})
+        wait_until(lambda: _core.mapped_file_count() == expected, timeout=2)
 
     @invariant()
     def table_matches(self) -> None:

@@ -698,17 +698,20 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Make the weights usable: views where the bytes are f32, little-endian and aligned (touching their
 /// pages chunk by chunk when mapped), converted copies elsewhere; progress after every chunk.
+/// `sparse` is the tensor read a few rows per request (the word embeddings, half of MiniLM's bytes):
+/// its pages are left to fault in as rows are used.
 fn materialise(
     bytes: &FileBytes,
     path: &Path,
     wanted: &[&SafeTensorInfo],
+    sparse: usize,
     progress: &mut ChunkedLoad<'_, '_>,
 ) -> Result<(Vec<Weight>, bool)> {
     let data = bytes.as_slice();
     let mapped = matches!(bytes, FileBytes::Mapped(_));
     let mut out = Vec::with_capacity(wanted.len());
     let mut any_view = false;
-    for info in wanted {
+    for (index, info) in wanted.iter().enumerate() {
         let range = info.offset..info.offset + info.size;
         // In range: the header was validated against these very bytes.
         let src =
@@ -716,7 +719,7 @@ fn materialise(
         let aligned = (src.as_ptr() as usize) % std::mem::align_of::<f32>() == 0;
         if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
             for chunk in src.chunks(LOAD_CHUNK) {
-                if mapped {
+                if mapped && index != sparse {
                     touch_pages(chunk);
                 }
                 progress.advance(chunk.len() as u64)?;
@@ -739,9 +742,24 @@ fn materialise(
     Ok((out, any_view))
 }
 
-/// Fault a mapped range into the page tables (one read per page), so the first request does not.
+/// Fault a mapped range into the page tables, so the first request does not: one
+/// `madvise(MADV_POPULATE_READ)` (Linux 5.14+), else one read per page.
 fn touch_pages(bytes: &[u8]) {
     const PAGE: usize = 4096;
+    #[cfg(target_os = "linux")]
+    {
+        let start = bytes.as_ptr() as usize;
+        let aligned = start - start % PAGE;
+        // SAFETY: the range lies in a live read-only file mapping (rounded down to its page, which
+        // the same mapping starts at or before); POPULATE_READ only fills page tables and changes
+        // neither the mapping nor its contents.
+        let rc = unsafe {
+            libc::madvise(aligned as *mut libc::c_void, bytes.len() + (start - aligned), libc::MADV_POPULATE_READ)
+        };
+        if rc == 0 {
+            return;
+        }
+    }
     let mut acc = 0u8;
     for i in (0..bytes.len()).step_by(PAGE) {
         acc ^= bytes[i];
@@ -902,7 +920,13 @@ impl EmbeddingModel {
     fn check_ids(&self, seqs: &[(&[u32], &[u32])]) -> Result<()> {
         let c = &self.folder.bert;
         for (ids, types) in seqs {
-            if ids.len() > c.max_position_embeddings || ids.is_empty() {
+            if ids.is_empty() {
+                return Err(Error::InvalidConfig(format!(
+                    "a text gives no tokens at all ({} adds no special tokens), so it has no embedding",
+                    self.folder.tokenizer_path.display()
+                )));
+            }
+            if ids.len() > c.max_position_embeddings {
                 return Err(Error::load(
                     &self.folder.tokenizer_path,
                     format!("produced {} tokens for a model with {} positions", ids.len(), c.max_position_embeddings),
@@ -925,8 +949,23 @@ impl EmbeddingModel {
     }
 }
 
+/// A tokenizer whose model is known to be WordPiece (BERT's), deserialised without the generic path's
+/// detour through a `serde_json::Value` of the whole vocabulary: half the time, the same tokenizer.
+type WordPieceTokenizer = tokenizers::TokenizerImpl<
+    tokenizers::models::wordpiece::WordPiece,
+    tokenizers::NormalizerWrapper,
+    tokenizers::PreTokenizerWrapper,
+    tokenizers::PostProcessorWrapper,
+    tokenizers::DecoderWrapper,
+>;
+
 fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
-    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| Error::load(path, e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::load(path, e.to_string()))?;
+    let mut tokenizer = match serde_json::from_slice::<WordPieceTokenizer>(&bytes) {
+        Ok(t) => Tokenizer::from(t),
+        // Another model type (or a broken file, which the generic path then reports).
+        Err(_) => Tokenizer::from_bytes(&bytes).map_err(|e| Error::load(path, e.to_string()))?,
+    };
     let specials = tokenizer.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
     if max_tokens < specials {
         return Err(Error::InvalidConfig(format!(
@@ -960,7 +999,7 @@ fn load_weights(folder: &Folder, try_mmap: bool, progress: &mut Progress<'_>) ->
     let total: u64 = planner.wanted.iter().map(|t| t.size as u64).sum();
     weights::check_unchanged(&bytes)?;
     let mut chunks = ChunkedLoad::new(progress, total, base, 1.0 - base);
-    let (mut loaded, any_view) = materialise(&bytes, path, &planner.wanted, &mut chunks)?;
+    let (mut loaded, any_view) = materialise(&bytes, path, &planner.wanted, plan.embeddings[0], &mut chunks)?;
     if let (FileBytes::Mapped(m), false) = (&bytes, any_view) {
         // Everything was converted into owned memory: the mapped pages are no longer needed.
         m.release_pages();

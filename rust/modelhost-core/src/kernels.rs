@@ -1,7 +1,6 @@
 //! Quantized matrix products for the weight types candle runs slowly on the CPU (its Q4_1 dot product
 //! is scalar), done as ggml does them: activations quantized to 8 bits per 32-block, integer dot
-//! products with AVX2, f32 accumulation. Work is split over candle's spinning barrier pool, the same
-//! threads candle's own kernels use, so the two never fight over the cores.
+//! products with AVX2, f32 accumulation, rows split over threads.
 
 use half::f16;
 
@@ -9,6 +8,12 @@ use half::f16;
 pub const BLOCK: usize = 32;
 /// Activation rows multiplied per weight-block load (register blocking).
 const ROW_TILE: usize = 4;
+/// From this many activation rows on (prompt chunks), work goes to the rayon pool that candle's
+/// attention GEMMs also use; below it (decoding), to candle's spinning barrier pool, whose wake-up
+/// is microseconds where rayon's is tens. Two pools busy at once would fight over the cores.
+const RAYON_FROM_ROWS: usize = 8;
+/// Weight rows per rayon task.
+const RAYON_ROWS_PER_TASK: usize = 32;
 
 /// Weight block formats this module runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +84,7 @@ impl QuantMatrix {
         let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
         let mut y = vec![0f32; m * self.rows];
         let (n, y_ptr) = (self.rows, y.as_mut_ptr() as usize);
-        candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
+        let work = |rows: std::ops::Range<usize>| {
             let mut out = [0f32; ROW_TILE];
             for r in rows {
                 let w = self.row_bytes(r);
@@ -95,7 +100,15 @@ impl QuantMatrix {
                     }
                 }
             }
-        });
+        };
+        if m >= RAYON_FROM_ROWS {
+            use rayon::prelude::*;
+            (0..n.div_ceil(RAYON_ROWS_PER_TASK))
+                .into_par_iter()
+                .for_each(|c| work(c * RAYON_ROWS_PER_TASK..n.min((c + 1) * RAYON_ROWS_PER_TASK)));
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(n, work);
+        }
         y
     }
 }
@@ -108,7 +121,7 @@ fn quantize_q8(x: &[f32]) -> BlockQ8 {
     let mut qs = [0i8; BLOCK];
     let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = (v * id).round_ties_even() as i8; // ggml's AVX2 path rounds to nearest even
         sum += i32::from(*q);
     }
     BlockQ8 { d: f16::from_f32(d).to_f32(), s: f16::from_f32(sum as f32 * d).to_f32(), qs }

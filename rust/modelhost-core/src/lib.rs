@@ -9,7 +9,6 @@
 pub mod catalog;
 #[cfg(feature = "wip_llm")]
 pub mod config;
-#[cfg(feature = "wip_embedding")]
 pub mod embedding;
 pub mod error;
 pub mod gguf;
@@ -19,7 +18,6 @@ pub mod kernels;
 #[cfg(feature = "wip_llm")]
 pub mod llm;
 pub mod placement;
-#[cfg(feature = "wip_embedding")]
 pub mod safetensors;
 pub mod template;
 pub mod tokenizer;

@@ -368,6 +368,8 @@ impl LlmModel {
             let (cos, sin) = rope.at(pos, seq, &b.device)?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?.squeeze(0)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?.squeeze(0)?;
+            // llama.cpp keeps K and V in f16 and multiplies in f16: round the same way to agree with it.
+            let (q, k, v) = (round_f16(&q)?, round_f16(&k)?, round_f16(&v)?);
             let (k_all, v_all) = cache.append(i, &k, &v, pos)?;
             let attn = attention(&q, &k_all, &v_all, mask.as_ref(), p)?;
             let attn = attn.transpose(0, 1)?.reshape((seq, p.n_embd))?;
@@ -857,6 +859,11 @@ impl Rope {
     }
 }
 
+/// Round to f16 precision, keeping f32 storage.
+fn round_f16(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
+}
+
 /// `-inf` above the diagonal for a chunk of `seq` queries starting at `pos`; none for one query.
 fn causal_mask(seq: usize, pos: usize) -> Result<Option<Tensor>> {
     if seq == 1 {
@@ -886,6 +893,7 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: &Llam
         ))?;
     }
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = round_f16(&probs)?;
     Ok(probs.matmul(v)?.reshape((p.n_head, seq, p.head_dim))?)
 }
 
