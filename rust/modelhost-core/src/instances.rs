@@ -121,7 +121,8 @@ impl Instance {
     }
 }
 
-type SharedKey = (PathBuf, bool, Vec<(String, String)>);
+/// Instances share weights when they load the same file the same way: (file, mmap, locked, placement).
+type SharedKey = (PathBuf, bool, bool, Vec<(String, String)>);
 
 #[derive(Default)]
 struct State {
@@ -303,7 +304,12 @@ impl Host {
     ) -> Result<InstanceHandle> {
         req.progress.start()?;
         let plan = plan_load(entry, &req.config)?;
-        let shared_key: SharedKey = (entry.weights_path.clone(), req.config.try_mmap, plan.placement.layers.clone());
+        let shared_key: SharedKey = (
+            entry.weights_path.clone(),
+            req.config.try_mmap,
+            req.config.keep_model_in_memory,
+            plan.placement.layers.clone(),
+        );
 
         // Reserve an identifier and the memory, evicting idle instances if the budget says so.
         let (identifier, reserved, victims) = {
@@ -655,9 +661,6 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
                 "rope_frequency_base": config.rope_frequency_base.unwrap_or(params.rope_freq_base),
                 "rope_frequency_scale": config.rope_frequency_scale.unwrap_or(params.rope_freq_scale),
             });
-            if config.keep_model_in_memory {
-                return Err(Error::NotSupported("keepModelInMemory (page locking) is not implemented yet".into()));
-            }
             Ok(LoadPlan {
                 context_length: ctx,
                 estimate: MemoryEstimate {
@@ -678,7 +681,7 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
                 return Err(Error::InvalidConfig("ropeFrequencyBase does not apply to embedding models".into()));
             }
             if config.keep_model_in_memory {
-                return Err(Error::NotSupported("keepModelInMemory (page locking) is not implemented yet".into()));
+                return Err(Error::NotSupported("keepModelInMemory for embedding models".into()));
             }
             let mut placement = Placement::cpu(0);
             if config.gpu.ratio.is_some_and(|r| r > 0.0) {
@@ -722,7 +725,8 @@ fn load_llm(
         (weights::read_owned(&entry.path, progress, 0.5)?, 0.5)
     };
     let header = gguf::parse(bytes.as_slice(), &entry.path)?;
-    LlmModel::load(&entry.path, &header, &bytes, placement, progress, base).map_err(|e| e.with_path(&entry.path))
+    LlmModel::load(&entry.path, &header, &bytes, placement, config.keep_model_in_memory, progress, base)
+        .map_err(|e| e.with_path(&entry.path))
 }
 
 /// A request in flight: holds the instance alive and its turn in the queue; ends on drop.

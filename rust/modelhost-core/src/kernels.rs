@@ -71,6 +71,11 @@ impl QuantMatrix {
         self.cols
     }
 
+    /// All the raw blocks.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
     /// The raw blocks of row `r`.
     pub fn row_bytes(&self, r: usize) -> &[u8] {
         let len = self.cols / BLOCK * self.kind.block_bytes();

@@ -195,6 +195,39 @@ pub struct LlmModel {
     path: PathBuf,
     // Keeps the file's shared mapping alive for as long as the model (SPEC §4).
     _mapping: Option<Arc<weights::MappedFile>>,
+    // Declared last: unlocks after nothing else needs the pages (fields drop in order).
+    locked: Option<LockedPages>,
+}
+
+/// Weight pages locked in RAM (`keepModelInMemory`), unlocked on drop.
+struct LockedPages(Vec<(usize, usize)>);
+
+impl LockedPages {
+    fn lock(regions: &[&[u8]]) -> Result<Self> {
+        let mut locked = LockedPages(Vec::with_capacity(regions.len()));
+        for r in regions.iter().filter(|r| !r.is_empty()) {
+            // SAFETY: the region is a live allocation owned by the model, which outlives this lock.
+            if unsafe { libc::mlock(r.as_ptr().cast(), r.len()) } != 0 {
+                let err = std::io::Error::last_os_error();
+                let total: usize = regions.iter().map(|r| r.len()).sum();
+                return Err(Error::InvalidConfig(format!(
+                    "keepModelInMemory: cannot lock {total} bytes of weights in RAM ({err}); raise the \
+                     memlock limit (ulimit -l) or set keepModelInMemory to false"
+                )));
+            }
+            locked.0.push((r.as_ptr() as usize, r.len()));
+        }
+        Ok(locked)
+    }
+}
+
+impl Drop for LockedPages {
+    fn drop(&mut self) {
+        for &(ptr, len) in &self.0 {
+            // SAFETY: unlocking a range we locked; the memory is still allocated (the model drops after).
+            unsafe { libc::munlock(ptr as *const libc::c_void, len) };
+        }
+    }
 }
 
 impl std::fmt::Debug for LlmModel {
@@ -263,6 +296,7 @@ impl LlmModel {
         header: &GgufHeader,
         bytes: &FileBytes,
         placement: &Placement,
+        keep_in_memory: bool,
         progress: &mut Progress<'_>,
         base: f32,
     ) -> Result<Self> {
@@ -329,7 +363,7 @@ impl LlmModel {
             }
             FileBytes::Owned(_) => None,
         };
-        Ok(LlmModel {
+        let mut model = LlmModel {
             weights_bytes: total,
             params,
             tokenizer,
@@ -341,7 +375,30 @@ impl LlmModel {
             output_device,
             path: path.to_path_buf(),
             _mapping: mapping,
-        })
+            locked: None,
+        };
+        if keep_in_memory {
+            model.locked = Some(LockedPages::lock(&model.weight_regions()?)?);
+        }
+        Ok(model)
+    }
+
+    /// The big weight buffers (quantized matrices), for page locking.
+    fn weight_regions(&self) -> Result<Vec<&[u8]>> {
+        let mut out = Vec::new();
+        let linears = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
+        for l in linears.chain([&self.output]) {
+            match l {
+                Linear::Quant(m) => out.push(m.bytes()),
+                Linear::Candle(QMatMul::QTensor(q)) => {
+                    if let std::borrow::Cow::Borrowed(b) = q.data()? {
+                        out.push(b);
+                    }
+                }
+                Linear::Candle(_) => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Render a chat with the model's own template.
