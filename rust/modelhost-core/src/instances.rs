@@ -565,7 +565,7 @@ fn wrong_kind(entry: &CatalogEntry, expected: ModelKind) -> Error {
     Error::WrongKind { key: entry.model_key.clone(), expected: expected.as_str(), actual: entry.kind.as_str() }
 }
 
-fn most_recent<'a>(st: &'a State, kind: ModelKind, pred: impl Fn(&Instance) -> bool) -> Option<&'a Arc<Instance>> {
+fn most_recent(st: &State, kind: ModelKind, pred: impl Fn(&Instance) -> bool) -> Option<&Arc<Instance>> {
     st.instances
         .iter()
         .enumerate()

@@ -5,17 +5,13 @@
 //! `llm`/`embedding` run models, `tokenizer`/`template` turn text into ids and chats into prompts.
 #![deny(missing_docs)]
 
-#[cfg(feature = "wip_llm")]
 pub mod catalog;
-#[cfg(feature = "wip_llm")]
 pub mod config;
 pub mod embedding;
 pub mod error;
 pub mod gguf;
-#[cfg(feature = "wip_llm")]
 pub mod instances;
 pub mod kernels;
-#[cfg(feature = "wip_llm")]
 pub mod llm;
 pub mod placement;
 pub mod safetensors;
