@@ -128,11 +128,12 @@ fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
 fn folder_candidates(key: &str, dir: &Path) -> Vec<Candidate> {
     let files = sorted_entries(dir);
     let ggufs: Vec<&PathBuf> = files.iter().filter(|p| is_gguf(p)).collect();
+    let has_safetensors = files.iter().any(|p| p.extension().is_some_and(|e| e == "safetensors"));
     match ggufs.len() {
-        0 if dir.join("config.json").is_file() => {
+        0 if has_safetensors && dir.join("config.json").is_file() => {
             vec![Candidate { key: key.into(), path: dir.into(), format: Some(ModelFormat::Safetensors) }]
         }
-        // A folder with no weights at all is still a candidate, so its key gives a clear load error.
+        // No weights: not a model. Only an explicit path to it gets a load error saying so.
         0 => vec![Candidate { key: key.into(), path: dir.into(), format: None }],
         1 => vec![Candidate { key: key.into(), path: ggufs[0].clone(), format: Some(ModelFormat::Gguf) }],
         _ => ggufs
@@ -155,7 +156,7 @@ fn scan(models_dir: &Path) -> Vec<Candidate> {
                 publisher.file_name().unwrap_or_default().to_string_lossy(),
                 repo.file_name().unwrap_or_default().to_string_lossy()
             );
-            out.extend(folder_candidates(&key, &repo));
+            out.extend(folder_candidates(&key, &repo).into_iter().filter(|c| c.format.is_some()));
         }
     }
     out
@@ -222,7 +223,7 @@ fn describe(c: &Candidate) -> Result<CatalogEntry> {
             describe_gguf(c, size)
         }
         Some(ModelFormat::Safetensors) => {
-            let info = embedding::inspect(&c.path)?;
+            let info = embedding::inspect(&c.path).map_err(|e| e.with_path(&c.path))?;
             let size = std::fs::metadata(&info.weights_path).map(|m| m.len()).unwrap_or(info.weights_bytes);
             Ok(CatalogEntry {
                 model_key: c.key.clone(),

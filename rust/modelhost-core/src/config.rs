@@ -23,8 +23,8 @@ pub struct LoadConfig {
     pub try_mmap: bool,
     /// Lock the weights in RAM.
     pub keep_model_in_memory: bool,
-    /// Prompt chunk size.
-    pub eval_batch_size: usize,
+    /// Prompt chunk size; `None` = min(512, context length).
+    pub eval_batch_size: Option<usize>,
     /// Default sampling seed for this instance.
     pub seed: Option<u64>,
     /// RoPE base override.
@@ -40,7 +40,7 @@ impl Default for LoadConfig {
             gpu: GpuConfig::default(),
             try_mmap: true,
             keep_model_in_memory: false,
-            eval_batch_size: DEFAULT_EVAL_BATCH_SIZE,
+            eval_batch_size: None,
             seed: None,
             rope_frequency_base: None,
             rope_frequency_scale: None,
@@ -97,7 +97,7 @@ impl LoadConfig {
                 }
                 "try_mmap" => c.try_mmap = boolean("tryMmap", v)?,
                 "keep_model_in_memory" => c.keep_model_in_memory = boolean("keepModelInMemory", v)?,
-                "eval_batch_size" => c.eval_batch_size = positive_int("evalBatchSize", v)? as usize,
+                "eval_batch_size" => c.eval_batch_size = Some(positive_int("evalBatchSize", v)? as usize),
                 "seed" => c.seed = Some(seed(v)?),
                 "rope_frequency_base" => c.rope_frequency_base = Some(number("ropeFrequencyBase", v, 1e-3..=1e12)?),
                 "rope_frequency_scale" => {
@@ -107,6 +107,16 @@ impl LoadConfig {
             }
         }
         Ok(c)
+    }
+
+    /// The prompt chunk size for a context of `ctx` tokens: the default shrinks to fit, an explicit
+    /// value larger than the context is an error.
+    pub fn resolve_eval_batch_size(&self, ctx: usize) -> Result<usize> {
+        match self.eval_batch_size {
+            None => Ok(DEFAULT_EVAL_BATCH_SIZE.min(ctx)),
+            Some(n) if n <= ctx => Ok(n),
+            Some(n) => Err(Error::InvalidConfig(format!("evalBatchSize {n} exceeds contextLength {ctx}"))),
+        }
     }
 
     /// The context length to use for a model whose maximum is `max`.

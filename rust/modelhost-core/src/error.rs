@@ -140,11 +140,12 @@ impl Error {
         Error::Io { path: path.to_path_buf(), source }
     }
 
-    /// Attach a file to an error raised while reading it (`Io`/`Candle` become `ModelLoad`).
+    /// Attach a file to an error raised while reading it: what the file says that cannot run
+    /// (`Candle`, `NotSupported`) is a `ModelLoad` error naming the file (SPEC §3).
     pub fn with_path(self, path: &Path) -> Self {
         match self {
             Error::Candle(e) => Error::load(path, e.to_string()),
-            Error::InvalidConfig(reason) => Error::load(path, reason),
+            Error::NotSupported(reason) => Error::load(path, format!("unsupported: {reason}")),
             other => other,
         }
     }

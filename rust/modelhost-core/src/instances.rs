@@ -303,7 +303,7 @@ impl Host {
         req: &mut LoadRequest<'_>,
     ) -> Result<InstanceHandle> {
         req.progress.start()?;
-        let plan = plan_load(entry, &req.config)?;
+        let plan = plan_load(entry, &req.config).map_err(|e| e.with_path(&entry.path))?;
         let shared_key: SharedKey = (
             entry.weights_path.clone(),
             req.config.try_mmap,
@@ -342,7 +342,8 @@ impl Host {
         };
         drop(victims);
 
-        let built = self.build_instance(entry, &plan, &shared_key, &identifier, req);
+        let built =
+            self.build_instance(entry, &plan, &shared_key, &identifier, req).map_err(|e| e.with_path(&entry.path));
         let mut st = lock(&self.inner.state);
         st.reserved_ids.remove(&identifier);
         st.reserved_bytes -= reserved;
@@ -433,7 +434,7 @@ impl Host {
                 let rope_base = config.rope_frequency_base.unwrap_or(model.params.rope_freq_base);
                 let rope_scale = config.rope_frequency_scale.unwrap_or(model.params.rope_freq_scale);
                 let session =
-                    LlmSession::new(&model, plan.context_length, config.eval_batch_size, rope_base, rope_scale)?;
+                    LlmSession::new(&model, plan.context_length, plan.eval_batch_size, rope_base, rope_scale)?;
                 let id = Arc::as_ptr(&model) as usize;
                 (Engine::Llm { model, session: Mutex::new(session) }, id, plan.estimate.clone())
             }
@@ -620,6 +621,7 @@ fn ttl_loop(inner: Weak<Inner>) {
 /// What a load will do, decided from headers before any weight is read.
 struct LoadPlan {
     context_length: usize,
+    eval_batch_size: usize,
     placement: Placement,
     estimate: MemoryEstimate,
     applied: Value,
@@ -634,20 +636,16 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
             let header = gguf::parse_summary(&map, &entry.path)?;
             let params = LlamaParams::from_header(&header, &entry.path)?;
             let ctx = config.resolve_context_length(params.max_context)?;
-            if config.eval_batch_size > ctx {
-                return Err(Error::InvalidConfig(format!(
-                    "evalBatchSize {} exceeds contextLength {ctx}",
-                    config.eval_batch_size
-                )));
-            }
+            let eval_batch_size = config.resolve_eval_batch_size(ctx)?;
             let placement = Placement::plan(params.n_layer, &config.gpu)?;
             let weights_bytes = header.tensor_bytes();
-            let kv = params.kv_bytes_per_token() * ctx as u64;
+            let kv = params.kv_bytes_per_token().saturating_mul(ctx as u64);
             let rope = (ctx * params.head_dim * std::mem::size_of::<f32>()) as u64;
             let scratch = rope + params.vocab as u64 * TOKENIZER_BYTES_PER_TOKEN;
-            let per_block = (weights_bytes + kv) / params.n_layer as u64;
-            let per_device =
-                placement.split_bytes(per_block, weights_bytes + kv + scratch - per_block * params.n_layer as u64);
+            let total = weights_bytes.saturating_add(kv).saturating_add(scratch);
+            check_fits_in_ram(&entry.model_key, total)?;
+            let per_block = weights_bytes.saturating_add(kv) / params.n_layer as u64;
+            let per_device = placement.split_bytes(per_block, total - per_block * params.n_layer as u64);
             let applied = json!({
                 "context_length": ctx,
                 "gpu_ratio": placement.applied_ratio,
@@ -656,18 +654,19 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
                 "disabled_gpus": config.gpu.disabled_gpus,
                 "try_mmap": config.try_mmap,
                 "keep_model_in_memory": config.keep_model_in_memory,
-                "eval_batch_size": config.eval_batch_size,
+                "eval_batch_size": eval_batch_size,
                 "seed": config.seed,
                 "rope_frequency_base": config.rope_frequency_base.unwrap_or(params.rope_freq_base),
                 "rope_frequency_scale": config.rope_frequency_scale.unwrap_or(params.rope_freq_scale),
             });
             Ok(LoadPlan {
                 context_length: ctx,
+                eval_batch_size,
                 estimate: MemoryEstimate {
                     weights_bytes,
                     kv_cache_bytes: kv,
                     scratch_bytes: scratch,
-                    total_bytes: weights_bytes + kv + scratch,
+                    total_bytes: total,
                     per_device,
                 },
                 placement,
@@ -681,7 +680,7 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
                 return Err(Error::InvalidConfig("ropeFrequencyBase does not apply to embedding models".into()));
             }
             if config.keep_model_in_memory {
-                return Err(Error::NotSupported("keepModelInMemory for embedding models".into()));
+                return Err(Error::InvalidConfig("keepModelInMemory is not supported for embedding models yet".into()));
             }
             let mut placement = Placement::cpu(0);
             if config.gpu.ratio.is_some_and(|r| r > 0.0) {
@@ -698,6 +697,7 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
             });
             Ok(LoadPlan {
                 context_length: ctx,
+                eval_batch_size: ctx,
                 estimate: MemoryEstimate {
                     weights_bytes: entry.weights_bytes,
                     kv_cache_bytes: 0,
@@ -709,6 +709,20 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
                 applied,
             })
         }
+    }
+}
+
+/// Refuse a load that cannot fit in the RAM the OS says is available, before allocating: Rust aborts the
+/// process when an allocation fails, so a lying context length must never reach the allocator.
+fn check_fits_in_ram(key: &str, needed: u64) -> Result<()> {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    match available.map(|kib| kib.saturating_mul(1024)) {
+        Some(free) if needed > free => {
+            Err(Error::InsufficientMemory { key: key.to_string(), needed, available: free, budget: free, in_use: 0 })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -56,10 +56,10 @@ impl LlamaParams {
     pub fn from_header(h: &GgufHeader, path: &Path) -> Result<Self> {
         let arch = h.get("general.architecture").and_then(Value::as_str).unwrap_or("");
         if arch != "llama" {
-            return Err(Error::NotSupported(format!(
-                "{}: architecture {arch:?} (only llama-architecture GGUF models run)",
-                path.display()
-            )));
+            return Err(Error::load(
+                path,
+                format!("architecture {arch:?} is not supported (llama-architecture GGUF only)"),
+            ));
         }
         let n_embd = meta_usize(h, path, "embedding_length")?;
         let n_head = meta_usize(h, path, "attention.head_count")?;
@@ -74,17 +74,29 @@ impl LlamaParams {
         if head_dim % 2 != 0 {
             return Err(Error::load(path, format!("head size {head_dim} is odd")));
         }
-        let vocab = h
-            .tensor("token_embd.weight")
-            .map(|t| t.dims.get(1).copied().unwrap_or(0))
-            .ok_or_else(|| Error::load(path, "tensor token_embd.weight is missing"))?;
+        let embd =
+            h.tensor("token_embd.weight").ok_or_else(|| Error::load(path, "tensor token_embd.weight is missing"))?;
+        let vocab = embd.dims.get(1).copied().unwrap_or(0);
+        // The metadata must agree with the tensors that are really there: a lying block count or width
+        // would otherwise size plans and caches from a number nothing backs.
+        if embd.dims[0] != n_embd {
+            return Err(Error::load(
+                path,
+                format!("embedding_length {n_embd} does not match token_embd.weight's width {}", embd.dims[0]),
+            ));
+        }
+        let n_layer = meta_usize(h, path, "block_count")?;
+        let blocks_present = (0..).take_while(|i| h.tensor(&format!("blk.{i}.attn_norm.weight")).is_some()).count();
+        if n_layer != blocks_present {
+            return Err(Error::load(path, format!("block_count {n_layer} but the file has {blocks_present} blocks")));
+        }
         let scale = match h.arch_get("rope.scaling.type").and_then(Value::as_str) {
             None | Some("none") => 1.0,
             Some("linear") => 1.0 / h.arch_get("rope.scaling.factor").and_then(Value::as_f64).unwrap_or(1.0),
-            Some(other) => return Err(Error::NotSupported(format!("{}: rope scaling {other:?}", path.display()))),
+            Some(other) => return Err(Error::load(path, format!("rope scaling {other:?} is not supported"))),
         };
         Ok(LlamaParams {
-            n_layer: meta_usize(h, path, "block_count")?,
+            n_layer,
             n_embd,
             n_head,
             n_head_kv,
@@ -99,7 +111,9 @@ impl LlamaParams {
 
     /// Bytes of KV cache per token of context (f32 keys and values, every layer).
     pub fn kv_bytes_per_token(&self) -> u64 {
-        (2 * self.n_layer * self.n_head_kv * self.head_dim * std::mem::size_of::<f32>()) as u64
+        [2, self.n_layer, self.n_head_kv, self.head_dim, std::mem::size_of::<f32>()]
+            .iter()
+            .fold(1u64, |acc, &x| acc.saturating_mul(x as u64))
     }
 }
 
@@ -310,7 +324,8 @@ impl LlmModel {
         }
         let template = match header.get("tokenizer.chat_template").and_then(Value::as_str) {
             Some(src) => Some(
-                ChatTemplate::new(src, tokenizer.bos_token(), tokenizer.eos_token()).map_err(|e| e.with_path(path))?,
+                ChatTemplate::new(src, tokenizer.bos_token(), tokenizer.eos_token())
+                    .map_err(|e| Error::load(path, e.to_string()))?,
             ),
             None => None,
         };

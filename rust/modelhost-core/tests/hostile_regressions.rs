@@ -1,0 +1,382 @@
+//! Regression tests for the hostile-file parsers: the seed corpora and every input cargo-fuzz ever
+//! flagged (replayed through the same checks as the fuzz targets in `fuzz/`), the published GGUF
+//! loader CVE classes at the parser level, and a proptest short mode of the fuzz targets so that
+//! `cargo test` exercises them without cargo-fuzz.
+
+use std::path::{Path, PathBuf};
+
+use modelhost_core::gguf::{self, writer, Value};
+use modelhost_core::safetensors;
+use modelhost_core::template::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES};
+use modelhost_core::tokenizer::GgufTokenizer;
+use modelhost_core::Error;
+use proptest::prelude::*;
+
+const TEXT: &str = "Hello, world! <|im_start|>user\n  Ünïcødé 🦀 1234 \t\n<0x41> ▁x</s>";
+
+// --- the fuzz targets' checks, as functions ---------------------------------------------------------
+
+fn check_gguf(data: &[u8]) {
+    let path = Path::new("fuzz.gguf");
+    let full = gguf::parse(data, path);
+    let summary = gguf::parse_summary(data, path);
+    assert_eq!(full.is_ok(), summary.is_ok(), "parse and parse_summary disagree");
+    match full {
+        Ok(header) => {
+            let mut ranges: Vec<(usize, usize)> = Vec::new();
+            for t in &header.tensors {
+                let end = t.offset.checked_add(t.size).expect("tensor end overflows");
+                assert!(t.offset >= header.data_offset);
+                assert!(end <= data.len(), "tensor {:?} runs past the input", t.name);
+                ranges.push((t.offset, end));
+            }
+            ranges.sort_unstable();
+            assert!(ranges.windows(2).all(|p| p[0].1 <= p[1].0), "accepted overlapping tensors");
+        }
+        Err(e) => assert_load_error(&e, "fuzz.gguf"),
+    }
+}
+
+fn check_safetensors(data: &[u8]) {
+    match safetensors::parse(data, Path::new("fuzz.safetensors")) {
+        Ok(header) => assert!(header.tensor_bytes() <= data.len() as u64),
+        Err(e) => assert_load_error(&e, "fuzz.safetensors"),
+    }
+}
+
+fn check_tokenizer(data: &[u8]) -> bool {
+    let path = Path::new("fuzz.gguf");
+    let Ok(header) = gguf::parse(data, path) else { return false };
+    let Ok(tok) = GgufTokenizer::from_gguf(&header, path) else { return false };
+    for parse_special in [false, true] {
+        if let Ok(ids) = tok.encode(TEXT, parse_special) {
+            assert!(ids.iter().all(|&id| (id as usize) < tok.vocab_size()));
+            let _ = tok.decode(&ids);
+        }
+    }
+    true
+}
+
+fn check_template(data: &[u8]) -> bool {
+    let Ok(source) = std::str::from_utf8(data) else { return false };
+    let Ok(template) = ChatTemplate::new(source, "<s>", "</s>") else { return false };
+    let chat = [
+        ChatMessage::new("system", "You are terse."),
+        ChatMessage::new("user", "Hi {{ there }} <|im_start|>"),
+        ChatMessage::new("assistant", "Hello."),
+        ChatMessage::new("user", "Bye"),
+    ];
+    let mut rendered = false;
+    for add_generation_prompt in [true, false] {
+        if let Ok(out) = template.render(&chat, add_generation_prompt) {
+            assert!(out.len() <= MAX_OUTPUT_BYTES);
+            rendered = true;
+        }
+    }
+    rendered
+}
+
+fn assert_load_error(e: &Error, file: &str) {
+    match e {
+        Error::ModelLoad { path, reason } => {
+            assert!(path.to_string_lossy().contains(file), "error names {path:?}, not {file}");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected a ModelLoad error, got {other:?}"),
+    }
+}
+
+// --- the corpora -----------------------------------------------------------------------------------
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every file directly in `dir` (none if it does not exist).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The committed seeds and the crash regressions of one fuzz target.
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = repo_root();
+    let mut out = Vec::new();
+    for dir in [root.join("fuzz/corpus").join(target), root.join("tests/data/fuzz-regressions").join(target)] {
+        for path in files(&dir) {
+            let bytes = std::fs::read(&path).expect("read corpus file");
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn gguf_corpus_replays() {
+    let inputs = corpus("gguf_parse");
+    assert!(inputs.len() >= 3, "the gguf_parse seeds are missing");
+    let mut parsed = 0;
+    for (path, bytes) in &inputs {
+        check_gguf(bytes);
+        // Every truncation of a seed must be refused or parsed, never panic.
+        for cut in (0..bytes.len()).step_by((bytes.len() / 97).max(1)) {
+            check_gguf(&bytes[..cut]);
+        }
+        parsed += usize::from(gguf::parse(bytes, path).is_ok());
+    }
+    assert!(parsed >= 2, "at least the tiny seeds must parse");
+}
+
+#[test]
+fn safetensors_corpus_replays() {
+    let inputs = corpus("safetensors_parse");
+    assert!(inputs.len() >= 2, "the safetensors_parse seeds are missing");
+    for (_, bytes) in &inputs {
+        check_safetensors(bytes);
+        for cut in 0..bytes.len().min(4096) {
+            check_safetensors(&bytes[..cut]);
+        }
+    }
+}
+
+#[test]
+fn tokenizer_corpus_replays_and_the_seeds_build() {
+    let inputs = corpus("gguf_tokenizer");
+    let built = inputs.iter().filter(|(_, bytes)| check_tokenizer(bytes)).count();
+    // The seeds are only useful if they reach the tokenizer: each must build.
+    let seeds = inputs.iter().filter(|(p, _)| p.to_string_lossy().contains("fuzz/corpus")).count();
+    assert!(seeds >= 3 && built >= seeds, "{built} of {seeds} tokenizer seeds build");
+}
+
+#[test]
+fn template_corpus_replays_and_the_seeds_render() {
+    let inputs = corpus("chat_template");
+    let rendered = inputs.iter().filter(|(_, bytes)| check_template(bytes)).count();
+    let seeds = inputs.iter().filter(|(p, _)| p.to_string_lossy().contains("fuzz/corpus")).count();
+    assert!(seeds >= 4 && rendered >= seeds - 1, "{rendered} of {seeds} template seeds render");
+}
+
+// --- hostile templates: bounded -------------------------------------------------------------------
+
+#[test]
+fn hostile_templates_are_bounded() {
+    let chat = [ChatMessage::new("user", "hi")];
+    let cases = [
+        // Runs forever without fuel.
+        "{% for i in range(1000000000) %}{% for j in range(1000000000) %}x{% endfor %}{% endfor %}",
+        // Output doubling past MAX_OUTPUT_BYTES.
+        "{% set s = 'x' %}{% for i in range(40) %}{% set s = s ~ s %}{% endfor %}{{ s }}",
+        "{{ 'x' * 10**9 }}",
+        "{{ 'x' * 10**20 }}",
+        // Unbounded recursion.
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        "{% set xs = range(100000)|list %}{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}",
+    ];
+    for src in cases {
+        let start = std::time::Instant::now();
+        if let Ok(t) = ChatTemplate::new(src, "<s>", "</s>") {
+            let r = t.render(&chat, true);
+            assert!(r.map_or(true, |s| s.len() <= MAX_OUTPUT_BYTES), "{src}");
+        }
+        assert!(start.elapsed().as_secs() < 30, "{src} took {:?}", start.elapsed());
+    }
+}
+
+// --- the published GGUF loader CVE classes, at the parser ------------------------------------------
+
+fn kv(key: &str, v: Value) -> (String, Value) {
+    (key.to_owned(), v)
+}
+
+fn tensor(name: &str, dims: &[u64], type_id: u32, data: usize) -> writer::TensorSpec {
+    writer::TensorSpec { name: name.to_owned(), dims: dims.to_vec(), type_id, data: vec![0; data] }
+}
+
+fn small_file() -> Vec<u8> {
+    writer::write(
+        &[kv("general.architecture", Value::String("llama".into())), kv("general.name", Value::String("x".into()))],
+        &[tensor("a", &[8, 4], 0, 128), tensor("b", &[8], 0, 32)],
+    )
+}
+
+/// Byte offset of the `index`-th tensor info's fields in a file from `small_file` (after the name).
+fn tensor_info_at(bytes: &[u8], name: &str) -> usize {
+    // Tensor names are written as u64 length + bytes; "a" and "b" are unique single bytes after the metadata.
+    let needle: Vec<u8> = [1u64.to_le_bytes().as_slice(), name.as_bytes()].concat();
+    let start = bytes.windows(needle.len()).rposition(|w| w == needle.as_slice()).expect("tensor name");
+    start + needle.len()
+}
+
+fn patch(bytes: &mut [u8], at: usize, raw: &[u8]) {
+    bytes[at..at + raw.len()].copy_from_slice(raw);
+}
+
+fn refuses(bytes: &[u8]) -> String {
+    match gguf::parse(bytes, Path::new("cve.gguf")) {
+        Ok(h) => panic!("accepted a hostile header: {} tensors", h.tensors.len()),
+        Err(e) => {
+            assert_load_error(&e, "cve.gguf");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn small_file_is_valid() {
+    let h = gguf::parse(&small_file(), Path::new("ok.gguf")).unwrap();
+    assert_eq!(h.tensors.len(), 2);
+}
+
+/// CVE-2024-21802 (Talos 2024): `n_dims` greater than GGML_MAX_DIMS overflowed the fixed dims array.
+#[test]
+fn cve_2024_21802_n_dims_past_max() {
+    for n_dims in [5u32, 64, u32::MAX] {
+        let mut bytes = small_file();
+        let at = tensor_info_at(&bytes, "a");
+        patch(&mut bytes, at, &n_dims.to_le_bytes());
+        assert!(refuses(&bytes).contains("dimension"));
+    }
+}
+
+/// Talos 2024 siblings: a string length of 2^64 - 1 (`n + 1` wraps to a zero-byte allocation).
+#[test]
+fn talos_2024_string_length_wraps() {
+    let mut bytes = small_file();
+    patch(&mut bytes, 24, &u64::MAX.to_le_bytes()); // the first key's length
+    refuses(&bytes);
+    let mut bytes = small_file();
+    let at = tensor_info_at(&bytes, "a") - 9; // the tensor name's length
+    patch(&mut bytes, at, &u64::MAX.to_le_bytes());
+    refuses(&bytes);
+}
+
+/// Talos 2024 siblings: array, key-value and tensor counts whose byte size wraps.
+#[test]
+fn talos_2024_counts_wrap() {
+    for count in [1u64 << 61, (1 << 62) + 1, u64::MAX] {
+        let mut bytes = small_file();
+        patch(&mut bytes, 8, &count.to_le_bytes()); // tensor count
+        refuses(&bytes);
+        let mut bytes = small_file();
+        patch(&mut bytes, 16, &count.to_le_bytes()); // key-value count
+        refuses(&bytes);
+        let arr = writer::write(&[kv("x", Value::Array(vec![Value::U64(1)]))], &[]);
+        let mut arr = arr;
+        // magic 4 + version 4 + counts 16 + key (8 + 1) + type 4 + item type 4 = the array count.
+        patch(&mut arr, 41, &count.to_le_bytes());
+        refuses(&arr);
+    }
+}
+
+/// CVE-2025-53630: the sum of the tensors' sizes wrapped; CVE-2026-27940: each size (numel × type size,
+/// then padding) wrapped before the sum was checked. Both gave an undersized buffer.
+#[test]
+fn cve_2025_53630_and_2026_27940_size_arithmetic_wraps() {
+    let dims_cases: [&[u64]; 5] = [
+        &[1 << 61],                // 2^63 bytes of F32: fits u64 but not the file
+        &[1 << 32, 1 << 32],       // numel 2^64 wraps to 0
+        &[(1 << 62) - 1],          // 2^64 - 4 bytes: padding to 32 wraps to 0
+        &[1 << 21, 1 << 21, 1 << 21, 1 << 21], // 2^84 elements
+        &[8, (1 << 42) + 1],       // llama.cpp #18674's dim
+    ];
+    for dims in dims_cases {
+        let bytes = writer::write(&[], &[tensor("a", dims, 0, 0)]);
+        refuses(&bytes);
+    }
+    // Two tensors of 2^63 bytes each: their sum wraps to 0.
+    let mut bytes = writer::write(&[], &[tensor("a", &[1 << 61], 0, 0), tensor("b", &[1 << 61], 0, 0)]);
+    let at = tensor_info_at(&bytes, "b") + 4 + 8 + 4;
+    patch(&mut bytes, at, &(1u64 << 63).to_le_bytes());
+    refuses(&bytes);
+    // Q8_0 (34 bytes per 32 elements): a block count whose byte size wraps.
+    let blocks = u64::MAX / 34 + 1;
+    let bytes = writer::write(&[], &[tensor("q", &[blocks * 32], 8, 0)]);
+    refuses(&bytes);
+}
+
+/// CVE-2026-7482 "Bleeding Llama": dims and offsets that claim more data than the file holds.
+#[test]
+fn cve_2026_7482_dims_lie_about_the_data() {
+    let bytes = small_file();
+    // Cut the data: the last tensor runs past the end.
+    refuses(&bytes[..bytes.len() - 1]);
+    // The last tensor's offset moved past the end, or to where offset + size wraps.
+    for offset in [1u64 << 20, u64::MAX - 31, u64::MAX - 63] {
+        let mut bytes = small_file();
+        let at = tensor_info_at(&bytes, "b") + 4 + 8 + 4;
+        patch(&mut bytes, at, &offset.to_le_bytes());
+        refuses(&bytes);
+    }
+    // Dims that claim 1024× the rows the data holds.
+    let mut bytes = small_file();
+    let at = tensor_info_at(&bytes, "b") + 4;
+    patch(&mut bytes, at, &(8u64 * 1024).to_le_bytes());
+    refuses(&bytes);
+}
+
+// --- proptest: the fuzz targets' short mode --------------------------------------------------------
+
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    corpus(target).into_iter().map(|(_, b)| b).collect()
+}
+
+/// A seed with a few bytes overwritten, a range cut out, or a random 8-byte field set to a lying value.
+fn mutated(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
+    let inputs = seeds(target);
+    let n = inputs.len().max(1);
+    (0..n, prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8), any::<prop::sample::Index>(), 0..4u8)
+        .prop_map(move |(which, flips, at, lie)| {
+            let mut bytes = inputs.get(which).cloned().unwrap_or_default();
+            if bytes.is_empty() {
+                return bytes;
+            }
+            for (i, b) in flips {
+                let i = i.index(bytes.len());
+                bytes[i] = b;
+            }
+            let at = at.index(bytes.len());
+            match lie {
+                0 => bytes.truncate(at),
+                1 if at + 8 <= bytes.len() => patch(&mut bytes, at, &u64::MAX.to_le_bytes()),
+                2 if at + 8 <= bytes.len() => patch(&mut bytes, at, &(1u64 << 62).to_le_bytes()),
+                _ => {}
+            }
+            bytes
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_gguf_parse(bytes in mutated("gguf_parse")) {
+        check_gguf(&bytes);
+    }
+
+    #[test]
+    fn prop_safetensors_parse(bytes in mutated("safetensors_parse")) {
+        check_safetensors(&bytes);
+    }
+
+    #[test]
+    fn prop_gguf_tokenizer(bytes in mutated("gguf_tokenizer")) {
+        check_tokenizer(&bytes);
+    }
+
+    #[test]
+    fn prop_chat_template(bytes in mutated("chat_template")) {
+        check_template(&bytes);
+    }
+
+    #[test]
+    fn prop_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_gguf(&bytes);
+        check_safetensors(&bytes);
+        let mut magic = b"GGUF\x03\0\0\0".to_vec();
+        magic.extend(&bytes);
+        check_gguf(&magic);
+    }
+}
