@@ -6,9 +6,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import modelhost
+import modelhost._core
 import modelhost._default
 import pytest
 from helpers import EMB_KEY, EMB_WEIGHTS, LLM_FILE, LLM_KEY, default_models_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_mapped_after_the_module() -> Iterator[None]:
+    """After each module (its clients closed), no model file is mapped any more, without waiting for the GC:
+    closed clients, unloaded handles and finished predictions hold no memory."""
+    yield
+    count = modelhost._core.mapped_file_count()
+    assert count == 0, f"{count} model file(s) still mapped after the module's clients closed"
 
 
 @pytest.fixture(scope="session")

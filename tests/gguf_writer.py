@@ -121,7 +121,7 @@ class GGUFFile:
             out += b"".join(struct.pack("<Q", d) for d in t.dims)
             out += struct.pack("<IQ", t.type, offset)
             if t.type in TYPE_SIZES:
-                next_offset = _align(offset + tensor_nbytes(t.dims, t.type), self.alignment)
+                next_offset = _align(offset + tensor_nbytes(t.dims, t.type), self.alignment) % 2**64
         out += b"\0" * (_align(len(out), self.alignment) - len(out))
         return bytes(out)
 
@@ -136,7 +136,7 @@ class GGUFFile:
                 next_offset = _align(offset + tensor_nbytes(t.dims, t.type), self.alignment)
         return end
 
-    def to_bytes(self, max_data: int = 1 << 20) -> bytes:
+    def to_bytes(self, max_data: int = 64 << 20) -> bytes:
         """The whole file; zeros for the data unless given, at most ``max_data`` of them (a lying header may ask
         for more than exists)."""
         data = self.data if self.data is not None else b"\0" * min(self.data_size(), max_data)

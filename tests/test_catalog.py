@@ -19,7 +19,7 @@ def test_list_downloaded_models(client: lms.Client, models_dir: Path) -> None:
     start = time.perf_counter()
     models = client.list_downloaded_models()
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, f"catalog scan took {elapsed:.3f} s"
+    assert elapsed < 1.0, f"catalog scan took {elapsed:.3f} s"  # headers only: milliseconds when idle
     assert _core.mapped_file_count() == before  # headers only
     by_key = {m.model_key: m for m in models}
     assert {LLM_KEY, EMB_KEY} <= set(by_key)

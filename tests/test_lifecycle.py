@@ -212,8 +212,9 @@ def test_close_unloads_everything(models_dir: Path) -> None:
     assert _core.mapped_file_count() == before
     with pytest.raises(lms.ModelUnloadedError):
         llm.tokenize("x")
-    with pytest.raises(lms.ModelUnloadedError):  # ClientClosedError, where the core says which
+    with pytest.raises(lms.ClientClosedError) as closed:
         client.llm.model(LLM_KEY)
+    assert isinstance(closed.value, lms.ModelUnloadedError)
 
 
 def test_context_manager_closes(models_dir: Path) -> None:
@@ -245,8 +246,9 @@ def test_wrong_namespace_is_an_error(client: lms.Client) -> None:
         lambda: client.embedding.load_new_instance(LLM_KEY),
         lambda: client.llm.estimate(EMB_KEY),
     ):
-        with pytest.raises(lms.ModelNotFoundError) as info:
+        with pytest.raises(lms.ModelKindError) as info:
             call()
+        assert isinstance(info.value, lms.ModelNotFoundError)
         assert "embedding" in str(info.value) or "llm" in str(info.value)
     assert client.list_loaded_models() == []
 
@@ -416,13 +418,12 @@ def test_ttl_evicts_on_a_background_thread(client: lms.Client, models_dir: Path)
     before = _core.mapped_file_count()
     llm = client.llm.load_new_instance(LLM_KEY, ttl=1)
     loaded_at = time.monotonic()
-    # No API call on the client while we wait: eviction must not depend on one.
+    # No API call on the client while we wait (mapped_file_count is process-wide): eviction must not need one.
     time.sleep(0.6)
     assert _core.mapped_file_count() == before + 1
-    time.sleep(1.2)
-    assert _core.mapped_file_count() == before, "not evicted 1.8 s after load with ttl=1"
+    wait_until(lambda: _core.mapped_file_count() == before, timeout=5)
+    assert time.monotonic() - loaded_at >= 0.95
     assert mapping_lines(llm_path(models_dir)) == []
-    assert time.monotonic() - loaded_at < 5
     assert client.llm.list_loaded() == []
     with pytest.raises(lms.ModelUnloadedError, match=r"ttl|TTL|expired|unloaded"):
         llm.tokenize("x")
@@ -436,11 +437,12 @@ def test_ttl_timer_restarts_after_each_request(client: lms.Client) -> None:
     last_request_end = time.monotonic()
     time.sleep(0.6)
     assert llm.is_loaded(), "evicted less than 1 s after its last request ended"
-    waited = wait_until(lambda: not llm.is_loaded(), timeout=3)
+    waited = wait_until(lambda: not llm.is_loaded(), timeout=5)
     evicted_after = time.monotonic() - last_request_end
-    assert 0.9 <= evicted_after <= 2.5, (evicted_after, waited, start)
+    assert 0.9 <= evicted_after <= 4, (evicted_after, waited, start)
 
 
+@pytest.mark.timeout(150)
 def test_ttl_never_evicts_a_request_in_flight(client: lms.Client) -> None:
     ttl = 0.5
     llm = client.llm.load_new_instance(LLM_KEY, ttl=ttl, config={"contextLength": 512})
@@ -450,7 +452,7 @@ def test_ttl_never_evicts_a_request_in_flight(client: lms.Client) -> None:
     def long_request() -> None:
         try:
             started = time.monotonic()
-            box["result"] = llm.complete("1, 2, 3, 4, 5,", {"maxTokens": 200, "temperature": 0})
+            box["result"] = llm.complete("1, 2, 3, 4, 5,", {"maxTokens": 120, "temperature": 0})
             box["duration"] = time.monotonic() - started
         except BaseException as e:
             box["error"] = e
@@ -458,7 +460,7 @@ def test_ttl_never_evicts_a_request_in_flight(client: lms.Client) -> None:
             box["end"] = time.monotonic()
             done.set()
 
-    thread = threading.Thread(target=long_request)
+    thread = threading.Thread(target=long_request, daemon=True)
     start = time.monotonic()
     thread.start()
     alive_late = False
@@ -472,7 +474,7 @@ def test_ttl_never_evicts_a_request_in_flight(client: lms.Client) -> None:
     result = box["result"]
     assert isinstance(result, lms.PredictionResult)
     assert result.stats.stop_reason == "maxPredictedTokensReached"
-    assert result.stats.predicted_tokens_count == 200
+    assert result.stats.predicted_tokens_count == 120
     if not alive_late:
         pytest.fail(f"generation took {box['duration']:.2f} s, too fast to test a {ttl} s TTL")
     end = box["end"]
@@ -500,7 +502,7 @@ def test_second_instance_shares_the_mapping(client: lms.Client, models_dir: Path
     assert b.identifier == f"{LLM_KEY}:2"
     assert _core.mapped_file_count() == count_a
     assert mapped_ranges(path) == ranges_a  # the same mapping, not a second one
-    assert second_load < max(1.0, first_load), (first_load, second_load)
+    assert second_load < max(2.0, 2 * first_load), (first_load, second_load)  # no second read of the weights
     a.unload()
     assert _core.mapped_file_count() == count_a  # b still uses it
     assert mapped_ranges(path) == ranges_a

@@ -1,5 +1,6 @@
-"""The LLM handle on SmolLM2: tokenizer, chat template, logits and greedy output against llama.cpp (SPEC §6),
-prediction results and streams, sampling, stop conditions, cancellation."""
+"""The LLM handle on SmolLM2: tokenizer and template inputs, prediction results and streams, sampling, stop
+conditions, cancellation, concurrency. (Token ids, logits and greedy output against llama.cpp, SPEC §6, are checked
+in test_reference_smollm2.py.)"""
 
 from __future__ import annotations
 
@@ -17,29 +18,14 @@ from helpers import EOG_IDS, LLM_KEY, STOP_REASONS, llm_path, load_ref
 pytestmark = pytest.mark.timeout(120)
 
 REF = load_ref("smollm2.json")
-VOCAB = REF["model"]["n_vocab"]
-
-
-def _leading_confident_steps(case: dict[str, Any], margin: float = 1.0) -> int:
-    """Greedy steps before the first whose top-1 leads top-2 by less than ``margin`` (near-ties may flip)."""
-    steps = case["steps_[chosen id, its logit, margin to 2nd best]"]
-    for i, step in enumerate(steps):
-        if step["margin_to_2nd"] < margin:
-            return i
-    return len(steps)
 
 
 # --- tokenizer and template ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", REF["tokenization"], ids=lambda c: repr(c["text"][:24]))
-def test_tokenize_matches_llama_cpp(llm: lms.LLM, case: dict[str, Any]) -> None:
-    assert llm.tokenize(case["text"]) == case["ids"]
-    assert llm.count_tokens(case["text"]) == case["n_tokens"]
-
-
-def test_tokenize_many(llm: lms.LLM) -> None:
+def test_tokenize_many_and_count(llm: lms.LLM) -> None:
     texts = [case["text"] for case in REF["tokenization"][:5]]
+    assert [llm.count_tokens(t) for t in texts] == [case["n_tokens"] for case in REF["tokenization"][:5]]
     assert llm.tokenize(texts) == [case["ids"] for case in REF["tokenization"][:5]]
     assert llm.tokenize(iter(texts)) == llm.tokenize(texts)
     assert llm.tokenize([]) == []
@@ -55,29 +41,7 @@ def test_apply_prompt_template_matches_the_reference(llm: lms.LLM, case: dict[st
         assert llm.apply_prompt_template(messages[0]["content"]) == case["rendered"]
 
 
-# --- logits --------------------------------------------------------------------------------------------------------
-
-
-def _all_greedy_cases() -> list[tuple[str, dict[str, Any]]]:
-    raw = [(f"raw-{i}", c) for i, c in enumerate(REF["raw_completion"]["cases"])]
-    chat = [(f"chat-{i}", c) for i, c in enumerate(REF["chat_completion"]["cases"])]
-    return raw + chat
-
-
-@pytest.mark.parametrize(("name", "case"), _all_greedy_cases(), ids=[n for n, _ in _all_greedy_cases()])
-def test_logits_and_teacher_forced_argmax(llm: lms.LLM, name: str, case: dict[str, Any]) -> None:
-    prompt_ids = case["prompt_ids"]
-    generated = case["generated_ids"]
-    logits = llm.evaluate(prompt_ids + generated)
-    assert logits.dtype == np.float32
-    assert logits.shape == (len(prompt_ids) + len(generated), VOCAB)
-    last = logits[len(prompt_ids) - 1]
-    for token, reference in case["top5_next_token_logits_[id,logit]"]:
-        assert abs(float(last[token]) - reference) <= 0.5, (token, float(last[token]), reference)
-    steps = case["steps_[chosen id, its logit, margin to 2nd best]"]
-    for i, step in enumerate(steps):
-        if step["margin_to_2nd"] >= 1.0:
-            assert int(np.argmax(logits[len(prompt_ids) - 1 + i])) == step["id"], f"step {i}"
+# --- logits (the reference checks are in test_reference_smollm2.py) --------------------------------------------
 
 
 def test_evaluate_prefix_consistency(llm: lms.LLM) -> None:
@@ -89,29 +53,6 @@ def test_evaluate_prefix_consistency(llm: lms.LLM) -> None:
 
 
 # --- greedy generation -----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("index", range(len(REF["raw_completion"]["cases"])))
-def test_greedy_completion_matches_llama_cpp(llm: lms.LLM, index: int) -> None:
-    case = REF["raw_completion"]["cases"][index]
-    n = REF["raw_completion"]["max_new_tokens"]
-    result = llm.complete(case["prompt"], {"temperature": 0, "maxTokens": n})
-    k = _leading_confident_steps(case)
-    assert result.tokens[:k] == case["generated_ids"][:k]
-    assert result.stats.prompt_tokens_count == len(case["prompt_ids"])
-    if k == len(case["generated_ids"]):
-        assert result.content == case["generated_text"]
-        assert result.stats.stop_reason == "maxPredictedTokensReached"
-
-
-@pytest.mark.parametrize("index", range(len(REF["chat_completion"]["cases"])))
-def test_greedy_chat_matches_llama_cpp(llm: lms.LLM, index: int) -> None:
-    case = REF["chat_completion"]["cases"][index]
-    n = REF["chat_completion"]["max_new_tokens"]
-    result = llm.respond(case["messages"], {"temperature": 0, "maxTokens": n})
-    k = _leading_confident_steps(case)
-    assert result.tokens[:k] == case["generated_ids"][:k]
-    assert result.stats.prompt_tokens_count == len(case["prompt_ids"])
 
 
 def test_generation_never_emits_end_of_generation_tokens(llm: lms.LLM) -> None:
@@ -254,7 +195,7 @@ def test_cancel_from_another_thread(llm: lms.LLM) -> None:
     result = stream.result()
     timer.join()
     assert result.stats.stop_reason == "userStopped"
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10
 
 
 def _quick_request_time(llm: lms.LLM) -> float:
@@ -267,15 +208,15 @@ def test_closing_or_abandoning_a_stream_frees_the_instance(llm: lms.LLM) -> None
     with llm.complete_stream("1, 2, 3, 4, 5,", {"maxTokens": 1000, "temperature": 0}) as stream:
         next(stream)
     assert stream.result().stats.stop_reason == "userStopped"
-    assert _quick_request_time(llm) < 3
+    assert _quick_request_time(llm) < 5
     abandoned = llm.respond_stream("Write a long story.", {"maxTokens": 1000})
     next(abandoned)
     del abandoned
     gc.collect()
-    assert _quick_request_time(llm) < 3
+    assert _quick_request_time(llm) < 5
     never_iterated = llm.complete_stream("1, 2, 3,", {"maxTokens": 1000})
     never_iterated.close()
-    assert _quick_request_time(llm) < 3
+    assert _quick_request_time(llm) < 5
 
 
 def test_an_exception_inside_a_with_block_cancels(llm: lms.LLM) -> None:
@@ -283,7 +224,7 @@ def test_an_exception_inside_a_with_block_cancels(llm: lms.LLM) -> None:
         next(stream)
         raise KeyError("app error")
     assert stream.finished
-    assert _quick_request_time(llm) < 3
+    assert _quick_request_time(llm) < 5
 
 
 def test_one_instance_serves_requests_in_order(llm: lms.LLM) -> None:

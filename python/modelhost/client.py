@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _core
 from .config import DEFAULT_TTL, EmbeddingLoadModelConfig, LlmLoadModelConfig, load_config_to_core
-from .errors import InvalidConfigError, PlacementWarning
+from .errors import InvalidConfigError, ModelUnloadedError, PlacementWarning
 from .handles import LLM, AnyModelHandle, EmbeddingModel, ModelHandle
 from .models import DownloadedModel, MemoryEstimate
 
@@ -40,6 +41,19 @@ def default_models_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "modelhost" / "models"
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning to the first frame outside this package (the user's call)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _check_kind(kind: str | None) -> str | None:
@@ -252,9 +266,12 @@ class Client:
                 first = reference not in self._placement_checked
                 self._placement_checked.add(reference)
             if first:
-                message = instance.info().get("placement_warning")
+                try:
+                    message = instance.info().get("placement_warning")
+                except ModelUnloadedError:  # evicted or unloaded by another thread meanwhile
+                    message = None
                 if message:
-                    warnings.warn(str(message), PlacementWarning, stacklevel=3)
+                    warnings.warn(str(message), PlacementWarning, stacklevel=_caller_stacklevel())
         return handle_type(instance)
 
     def _wrap_any(self, instance: _core.Instance) -> AnyModelHandle:

@@ -160,7 +160,6 @@ class PredictionStream:
         self._lock = threading.RLock()
         self._started = False
         self._got_first = False
-        self._cancelled = False
         self._result: PredictionResult | None = None
 
     def __iter__(self) -> Iterator[LlmPredictionFragment]:
@@ -180,7 +179,16 @@ class PredictionStream:
             try:
                 raw = next(generation)
             except StopIteration:
+                del generation
                 self._finish()
+                raise
+            except BaseException:
+                # A failed (or interrupted) prediction is over: stop it and let go of it, so that nothing (a
+                # traceback kept alive, say) holds the instance's memory through it.
+                self._generation = None
+                with contextlib.suppress(Exception):
+                    generation.cancel()
+                del generation  # the traceback keeps this frame alive
                 raise
             fragment = LlmPredictionFragment(
                 content=str(raw.get("content", "")),
@@ -199,8 +207,12 @@ class PredictionStream:
 
     def _finish(self) -> None:
         generation = self._generation
+        self._generation = None  # ended: hold nothing of the instance any more, even if result() raises
         assert generation is not None
-        raw = generation.result()
+        try:
+            raw = generation.result()
+        finally:
+            del generation
         if not self._got_first and self._on_prompt_progress is not None:
             self._on_prompt_progress(1.0)
         content = str(raw.get("content", ""))
@@ -213,7 +225,6 @@ class PredictionStream:
             load_config=self._load_config,
             prediction_config=self._prediction_config,
         )
-        self._generation = None
         if self._on_message is not None:
             self._on_message(ChatMessage("assistant", content))
 
@@ -245,21 +256,22 @@ class PredictionStream:
         """
         generation = self._generation
         if generation is not None:
-            self._cancelled = True
             generation.cancel()
 
     def close(self) -> None:
-        """Cancel the prediction if it is still running and record the partial result."""
+        """Cancel the prediction if it is still running and record the partial result (callbacks are not called)."""
         generation = self._generation
         if generation is None:
             return
         generation.cancel()
-        try:
-            with self._lock:
+        del generation
+        with self._lock:
+            self._on_message = self._on_first_token = self._on_fragment = self._on_prompt_progress = None
+            try:
                 for _ in self:
                     pass
-        except ModelHostError:
-            self._generation = None
+            except ModelHostError:
+                self._generation = None
 
     def __enter__(self) -> PredictionStream:
         """Use the stream in a ``with`` block; leaving it closes the stream."""

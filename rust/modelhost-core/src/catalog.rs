@@ -317,6 +317,19 @@ impl Catalog {
         if !path.exists() {
             return Err(Error::ModelNotFound { key: path.display().to_string(), suggestions: Vec::new() });
         }
+        // A path to a model of the catalog is that model, under its key (so `model(key)` finds it loaded).
+        if let (Ok(target), Ok(root)) = (path.canonicalize(), self.dir.canonicalize()) {
+            if target.starts_with(&root) {
+                let same = |c: &&Candidate| {
+                    c.path.canonicalize().is_ok_and(|p| p == target)
+                        || (c.format == Some(ModelFormat::Gguf) && c.path.parent().is_some_and(|d| d == target))
+                };
+                let found: Vec<Candidate> = scan(&self.dir).iter().filter(same).cloned().collect();
+                if let [one] = found.as_slice() {
+                    return self.describe_cached(one);
+                }
+            }
+        }
         let key = path.display().to_string();
         let c = if path.is_dir() {
             let mut found = folder_candidates(&key, path);

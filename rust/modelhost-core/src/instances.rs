@@ -134,7 +134,6 @@ struct State {
     loads_in_progress: usize,
     shared_llm: HashMap<SharedKey, Weak<LlmModel>>,
     shared_embedding: HashMap<SharedKey, Weak<EmbeddingModel>>,
-    next_reference: u64,
     /// Bumped on every change the TTL thread should notice.
     version: u64,
     closed: bool,
@@ -302,7 +301,6 @@ impl Host {
         identifier: Option<&str>,
         req: &mut LoadRequest<'_>,
     ) -> Result<InstanceHandle> {
-        req.progress.start()?;
         let plan = plan_load(entry, &req.config).map_err(|e| e.with_path(&entry.path))?;
         let shared_key: SharedKey = (
             entry.weights_path.clone(),
@@ -419,6 +417,8 @@ impl Host {
         identifier: &str,
         req: &mut LoadRequest<'_>,
     ) -> Result<Arc<Instance>> {
+        // Progress starts once the load is admitted (identifier and memory reserved).
+        req.progress.start()?;
         let config = &req.config;
         let (engine, weights_id, memory) = match entry.kind {
             ModelKind::Llm => {
@@ -456,11 +456,9 @@ impl Host {
                 (Engine::Embedding { model }, id, plan.estimate.clone())
             }
         };
-        let reference = {
-            let mut st = lock(&self.inner.state);
-            st.next_reference += 1;
-            format!("{}#{}", identifier, st.next_reference)
-        };
+        // Unique in the process, across clients: handles compare equal by it.
+        static NEXT_REFERENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let reference = format!("{}#{}", identifier, NEXT_REFERENCE.fetch_add(1, Ordering::Relaxed));
         let instance = Arc::new(Instance {
             identifier: identifier.to_string(),
             reference,

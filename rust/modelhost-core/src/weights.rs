@@ -40,6 +40,29 @@ impl FileBytes {
 pub struct MappedFile {
     path: PathBuf,
     mmap: Mmap,
+    /// (device, inode) of the file when it was mapped.
+    identity: (u64, u64),
+}
+
+#[cfg(unix)]
+fn file_identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn file_identity(_: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
+}
+
+fn same_file(now: &std::fs::Metadata, mapped: &MappedFile) -> bool {
+    file_identity(now) == mapped.identity
+}
+
+/// Mappings replaced in the registry by a fresh mapping of a changed file, still alive for their users.
+fn retired() -> &'static Mutex<Vec<Weak<MappedFile>>> {
+    static RETIRED: OnceLock<Mutex<Vec<Weak<MappedFile>>>> = OnceLock::new();
+    RETIRED.get_or_init(Default::default)
 }
 
 impl MappedFile {
@@ -80,14 +103,24 @@ pub fn map_shared(path: &Path) -> Result<Arc<MappedFile>> {
     let canonical = path.canonicalize().map_err(|e| Error::load(path, e.to_string()))?;
     let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(existing) = reg.get(&canonical).and_then(Weak::upgrade) {
-        return Ok(existing);
+        // Reuse only a mapping of the file as it is now: one truncated since it was mapped would raise
+        // SIGBUS when its lost pages are read, and one replaced (renamed over) would hand out the old
+        // file's bytes under the new file's name. Otherwise map afresh; the old mapping lives on for
+        // its users, and the registry tracks the new one.
+        if std::fs::metadata(&canonical)
+            .is_ok_and(|m| m.len() == existing.mmap.len() as u64 && same_file(&m, &existing))
+        {
+            return Ok(existing);
+        }
+        retired().lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&existing));
     }
     let (file, _) = open_model_file(&canonical)?;
     // SAFETY: the map is read-only and private to this process. If another process truncates the
     // file while it is mapped, touching the lost pages raises SIGBUS; we only read the map while
     // loading (weights are copied out), after re-checking the size, and document the remaining risk.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::load(path, e.to_string()))?;
-    let mapped = Arc::new(MappedFile { path: canonical.clone(), mmap });
+    let identity = file.metadata().map(|m| file_identity(&m)).unwrap_or_default();
+    let mapped = Arc::new(MappedFile { path: canonical.clone(), mmap, identity });
     reg.retain(|_, w| w.strong_count() > 0);
     reg.insert(canonical, Arc::downgrade(&mapped));
     Ok(mapped)
@@ -96,7 +129,9 @@ pub fn map_shared(path: &Path) -> Result<Arc<MappedFile>> {
 /// How many distinct files are mapped right now (for tests and diagnostics).
 pub fn mapped_file_count() -> usize {
     let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    reg.values().filter(|w| w.strong_count() > 0).count()
+    let mut retired = retired().lock().unwrap_or_else(|e| e.into_inner());
+    retired.retain(|w| w.strong_count() > 0);
+    reg.values().filter(|w| w.strong_count() > 0).count() + retired.len()
 }
 
 /// Check, just before touching mapped pages, that the file still has the length we mapped.

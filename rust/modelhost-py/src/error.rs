@@ -7,6 +7,8 @@ use pyo3::{import_exception, PyErr, PyResult};
 
 import_exception!(modelhost.errors, ModelHostError);
 import_exception!(modelhost.errors, ModelNotFoundError);
+import_exception!(modelhost.errors, ModelKindError);
+import_exception!(modelhost.errors, ClientClosedError);
 import_exception!(modelhost.errors, NoModelLoadedError);
 import_exception!(modelhost.errors, InstanceExistsError);
 import_exception!(modelhost.errors, ModelUnloadedError);
@@ -43,12 +45,12 @@ impl From<PyModelHostError> for PyErr {
         };
         let msg = err.to_string();
         match err {
-            Error::ModelNotFound { .. } | Error::AmbiguousKey { .. } | Error::WrongKind { .. } => {
-                ModelNotFoundError::new_err(msg)
-            }
+            Error::ModelNotFound { .. } | Error::AmbiguousKey { .. } => ModelNotFoundError::new_err(msg),
+            Error::WrongKind { .. } => ModelKindError::new_err(msg),
             Error::NoModelLoaded { .. } => NoModelLoadedError::new_err(msg),
             Error::InstanceExists { .. } => InstanceExistsError::new_err(msg),
-            Error::ModelUnloaded { .. } | Error::Closed => ModelUnloadedError::new_err(msg),
+            Error::ModelUnloaded { .. } => ModelUnloadedError::new_err(msg),
+            Error::Closed => ClientClosedError::new_err(msg),
             Error::ModelLoad { .. } => ModelLoadError::new_err(msg),
             Error::InvalidConfig(_) => InvalidConfigError::new_err(msg),
             Error::ContextLengthExceeded { .. } => ContextLengthExceededError::new_err(msg),
