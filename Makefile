@@ -75,6 +75,18 @@ bench: install
 bench-quick: install
 	$(PY) benches/run.py --quick
 
+.PHONY: soak  ## long reliability runs: 1000 load/unload cycles and a concurrency soak on the real models
+soak: install
+	$(PY) scripts/soak.py --cycles 1000
+
+.PHONY: fuzz  ## run every cargo-fuzz target for 10 minutes each (needs cargo-fuzz; stable toolchain)
+fuzz:
+	bash scripts/fuzz.sh 600
+
+.PHONY: cuda-wheel  ## build a CUDA wheel with NVIDIA's compiler from PyPI (no GPU needed to build)
+cuda-wheel:
+	bash scripts/build_cuda_wheel.sh
+
 .PHONY: all  ## format, then test
 all: format test
 
