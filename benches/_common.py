@@ -12,8 +12,11 @@ import mmap
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +277,15 @@ def wait_quiet(max_wait: float, window: float = 0.5) -> tuple[float, float]:
         waited = time.perf_counter() - t0
         if other < NOISY_CORES or waited >= max_wait:
             return waited, other
+
+
+@contextmanager
+def busy_core() -> Iterator[None]:
+    """A pure-Python busy loop in another process (one core's worth of competing load) while the block runs."""
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        yield
+    finally:
+        p.kill()
+        p.wait()

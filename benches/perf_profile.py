@@ -29,7 +29,7 @@ import _common as C  # noqa: E402
 PHASES = ("prompt", "generate", "embed")
 
 
-def inner(phase: str, seconds: float, ctl: str, ack: str, models_dir: Path) -> None:
+def inner(phase: str, seconds: float, ctl: str | None, ack: str | None, models_dir: Path) -> None:
     """The profiled workload; runs under perf, enables sampling only around the measured loop."""
     import modelhost as mh
 
@@ -55,6 +55,11 @@ def inner(phase: str, seconds: float, ctl: str, ack: str, models_dir: Path) -> N
                 )
 
     step(0)  # warm-up, not sampled
+    if not ctl or not ack:  # callgrind: a fixed number of iterations, counted whole
+        for n in range(1, int(seconds) + 1):
+            step(n)
+        client.close()
+        return
     with open(ctl, "w") as c, open(ack) as a:
         c.write("enable\n")
         c.flush()
@@ -93,11 +98,46 @@ def report(data: Path, sort: str, limit: float) -> str:
 
 
 def shorten(line: str) -> str:
-    """Trim Rust generics and hashes from a perf symbol line, so the tables stay readable."""
+    """Trim Rust hashes, perf's empty trailing columns and long generic arguments from a perf symbol line."""
     line = re.sub(r"::h[0-9a-f]{16}", "", line)
-    for _ in range(3):
-        line = re.sub(r"<[^<>]*>", "<…>", line)
+    line = re.sub(r"(\s+-)+\s*$", "", line).rstrip()
+    line = re.sub(r"\s{3,}", "  ", line)
+    # closures' and generic arguments' paths are long; the innermost brackets carry the least information
+    while len(line) > 160 and re.search(r"<[^<>]{20,}>", line):
+        line = re.sub(r"<[^<>]{20,}>", "<…>", line, count=1)
     return line
+
+
+def callgrind(args: argparse.Namespace, phase: str, tmp: str) -> str:
+    """Instruction counts (valgrind --tool=callgrind) with ONE thread: repeatable whatever else the machine is
+    doing, and free of the barrier spinning that makes 2-thread samples on a busy machine meaningless."""
+    out = Path(tmp, f"{phase}.callgrind")
+    env = {**os.environ, **C.thread_env(), "RAYON_NUM_THREADS": "1"}
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        args.python,
+        __file__,
+        "--inner",
+        phase,
+        "--seconds",
+        str(args.iterations),
+        "--models-dir",
+        str(args.models_dir),
+    ]
+    subprocess.run(cmd, env=env, check=True, stderr=subprocess.DEVNULL)
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)], capture_output=True, text=True).stdout
+    lines, total = [], None
+    for line in ann.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\(\s*([\d.]+)%\)\s+)?(.*)", line)
+        if not m:
+            continue
+        if "PROGRAM TOTALS" in line:
+            total = m.group(1)
+        elif m.group(2) and float(m.group(2)) >= 0.7:
+            lines.append(shorten(f"  {float(m.group(2)):6.2f}%  {m.group(3)}"))
+    return f"total instructions: {total}\n\n" + "\n".join(lines[:30])
 
 
 def main() -> int:
@@ -110,6 +150,12 @@ def main() -> int:
         type=Path,
         default=Path(os.environ.get("MODELHOST_MODELS_DIR", Path.home() / ".cache/modelhost/models")),
     )
+    ap.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count instructions with valgrind's callgrind (1 thread) instead of sampling with perf",
+    )
+    ap.add_argument("--iterations", type=int, default=2, help="workload iterations per phase with --callgrind")
     ap.add_argument("--inner", choices=PHASES, help=argparse.SUPPRESS)
     ap.add_argument("--ctl", help=argparse.SUPPRESS)
     ap.add_argument("--ack", help=argparse.SUPPRESS)
@@ -121,11 +167,24 @@ def main() -> int:
     env = {**os.environ, **C.thread_env()}
     sections = [
         f"# modelhost profile, {dt.date.today()} on {socket.gethostname()}",
-        f"perf record -e cpu-clock -F 999, {C.THREADS} threads, {args.seconds:.0f} s sampled per phase",
+        "valgrind --tool=callgrind, 1 thread"
+        if args.callgrind
+        else f"perf record -e cpu-clock -F 999, {C.THREADS} threads, {args.seconds:.0f} s sampled per phase",
         "",
     ]
     with tempfile.TemporaryDirectory(prefix="modelhost-profile-") as tmp:
         for phase in args.phases.split(","):
+            if args.callgrind:
+                sections += [
+                    f"## {phase} (callgrind, 1 thread, {args.iterations} iterations after a warm-up; whole process, "
+                    "load included)",
+                    "",
+                    "### top functions (self instructions)",
+                    "",
+                    callgrind(args, phase, tmp),
+                    "",
+                ]
+                continue
             ctl, ack, data = Path(tmp, f"{phase}.ctl"), Path(tmp, f"{phase}.ack"), Path(tmp, f"{phase}.data")
             os.mkfifo(ctl)
             os.mkfifo(ack)
@@ -158,7 +217,7 @@ def main() -> int:
                 str(args.models_dir),
             ]
             subprocess.run(cmd, env=env, check=True)
-            by_dso = report(data, "dso", 0.5)
+            by_dso = "\n".join(shorten(x) for x in report(data, "dso", 0.5).splitlines())
             by_sym = "\n".join(shorten(x) for x in report(data, "dso,symbol", 0.7).splitlines())
             sections += [
                 f"## {phase}",
@@ -174,7 +233,8 @@ def main() -> int:
             ]
     text = "\n".join(sections) + "\n"
     print(text)
-    out = HERE / "results" / f"profile-{dt.date.today()}-{socket.gethostname()}.txt"
+    kind = "callgrind" if args.callgrind else "perf"
+    out = HERE / "results" / f"profile-{kind}-{dt.date.today()}-{socket.gethostname()}.txt"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print(f"wrote {out}", file=sys.stderr)

@@ -49,6 +49,7 @@ LABELS = {
     "ttft_s": "time to first token (~128-token prompt)",
     "gen_tps": "generation, 128 greedy tokens (decode rate)",
     "gen_total_s": "128-token completion, end to end",
+    "gen_tps_one_core_busy": "generation with one core taken by a busy loop (32 tokens)",
     "evaluate_all_tps": "logits at every position (`evaluate` / `logits_all`)",
     "self_reported_gen_tps": "generation as reported by modelhost's stats",
     "self_reported_ttft_s": "time to first token as reported by modelhost's stats",
@@ -193,14 +194,14 @@ def reading(r: float | None, better: str, metric: str) -> str:
     if r is None or not math.isfinite(r) or r <= 0:
         return ""
     if metric.startswith("rss"):
-        return f"{r:.2f}× the memory"
+        return f"{r:.2f}x the memory"
     good = r > 1 if better == "higher" else r < 1
     factor = r if better == "higher" else 1 / r
     if factor < 1:
         factor = 1 / factor
     if abs(factor - 1) < 0.03:
         return "same"
-    return f"modelhost {factor:.2f}× {'faster' if good else 'slower'}"
+    return f"modelhost {factor:.2f}x {'faster' if good else 'slower'}"
 
 
 def fmt(x: float | None) -> str:
@@ -288,15 +289,19 @@ def markdown(res: dict[str, Any]) -> str:
     )
     L.append(
         f"- Settings: {C.THREADS} threads for every system, context length {C.CONTEXT_LENGTH}, batch "
-        f"{C.EVAL_BATCH}; {res['reps']} repetitions × {res['rounds']} round(s) after a warm-up that is not counted; "
+        f"{C.EVAL_BATCH}; {res['reps']} repetitions x {res['rounds']} round(s) after a warm-up that is not counted; "
         "each system in its own process. Cells are **median (best)**; best = min for times, max for rates."
     )
     mh_ver = next(
         (r["info"].get("modelhost_version") for r in runs.values() if r["info"].get("modelhost_version")), None
     )
+    mh_core = next((r["info"].get("modelhost_core") for r in runs.values() if r["info"].get("modelhost_core")), None)
+    if mh_core and mh_core.startswith(str(ROOT) + "/"):
+        mh_core = mh_core[len(str(ROOT)) + 1 :]
     L.append(
         f"- modelhost {mh_ver or pk.get('modelhost') or '?'} (commit {m['git_commit']}"
-        f"{', dirty tree' if m['git_dirty'] else ''}), built with rustflags {m['modelhost_rustflags']}."
+        f"{', dirty tree' if m['git_dirty'] else ''}), built with rustflags {m['modelhost_rustflags']}"
+        f"{'; extension ' + '`' + mh_core + '`' if mh_core else ''}."
     )
     if pk.get("llama-cpp-python"):
         lk = runs.get("llama/llm", {}).get("info", {}).get("llama_kwargs", {})
@@ -443,6 +448,12 @@ def main() -> int:
         default=None,
         help="interpreter for the workers (default: .venv-bench/bin/python; with --quick this one)",
     )
+    ap.add_argument(
+        "--modelhost-python",
+        default=None,
+        help="interpreter for the modelhost workers only (e.g. .venv/bin/python with a `maturin develop --release` "
+        "build); default: the same as --python",
+    )
     ap.add_argument("--models-dir", type=Path, default=default_models_dir())
     ap.add_argument(
         "--out-dir",
@@ -495,26 +506,34 @@ def main() -> int:
         env_file = ROOT / ".venv-bench" / "bench-env.json"
     bench_env = json.loads(env_file.read_text()) if env_file.exists() and not args.quick else None
     res: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        "time_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+        "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "quick": args.quick,
         "reps": reps,
         "rounds": args.rounds,
         "threads": C.THREADS,
         "context_length": C.CONTEXT_LENGTH,
         "models_dir": str(args.models_dir),
+        "modelhost_python": args.modelhost_python or py,
         "worker_python": py,
         "machine": machine_info(),
         "bench_env": bench_env,
         "runs": {},
     }
+    partial = None
+    if not (args.quick and args.out_dir is None):
+        (args.out_dir or HERE / "results").mkdir(parents=True, exist_ok=True)
+        partial = (args.out_dir or HERE / "results") / f"{res['date']}-{res['machine']['host']}.json.tmp"
     with tempfile.TemporaryDirectory(prefix="modelhost-bench-") as tmp:
         for rnd in range(args.rounds):
             # later rounds run the jobs in reverse order, so no system always goes first
             for system, task in jobs if rnd % 2 == 0 else jobs[::-1]:
-                r = run_job(py, system, task, args.models_dir, reps, args.quick, Path(tmp), args.timeout, max_wait)
+                job_py = args.modelhost_python if system == "modelhost" and args.modelhost_python else py
+                r = run_job(job_py, system, task, args.models_dir, reps, args.quick, Path(tmp), args.timeout, max_wait)
                 key = f"{system}/{task}"
                 res["runs"][key] = merge_rounds(res["runs"][key], r) if key in res["runs"] else r
+                if partial:  # what is done so far survives an interrupted run
+                    partial.write_text(json.dumps(res, indent=1) + "\n")
     res["machine"]["loadavg_end"] = os.getloadavg()
     res["comparisons"] = compare(res["runs"])
     res["checks"] = checks(res["runs"])
@@ -534,6 +553,8 @@ def main() -> int:
             if out_dir.resolve() == (HERE / "results").resolve():
                 update_readme(table)
         print(f"wrote {out_dir / stem}.json and .md", file=sys.stderr)
+    if partial:
+        partial.unlink(missing_ok=True)
 
     errors = [e for r in res["runs"].values() for e in r.get("errors", [])]
     if errors:

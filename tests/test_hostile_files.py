@@ -393,7 +393,11 @@ def test_symlink_loop(module_client: mh.Client, keeper: mh.LLM, tmp_path: Path) 
     os.symlink(b, a)
     os.symlink(a, b)
     error = assert_clean_failure(
-        module_client, _load_llm(module_client, a), a, keeper, errors=(mh.ModelLoadError, mh.ModelNotFoundError, OSError)
+        module_client,
+        _load_llm(module_client, a),
+        a,
+        keeper,
+        errors=(mh.ModelLoadError, mh.ModelNotFoundError, OSError),
     )
     assert "a.gguf" in str(error)
 
@@ -568,7 +572,9 @@ def test_hostile_minilm(
     header, data = minilm
     weights = st_folder / "model.safetensors"
     weights.write_bytes(ST_CASES[case](header, data))
-    assert_clean_failure(module_client, lambda: module_client.embedding.load_new_instance(str(st_folder)), weights, keeper)
+    assert_clean_failure(
+        module_client, lambda: module_client.embedding.load_new_instance(str(st_folder)), weights, keeper
+    )
     assert emb_keeper.embed("still here").shape == (384,)
 
 
@@ -588,7 +594,9 @@ def test_truncated_minilm(
     cut = int(fraction * header_end) if header_bias else header_end + int(fraction * len(data))
     weights = st_folder / "model.safetensors"
     weights.write_bytes(whole[:cut])
-    assert_clean_failure(module_client, lambda: module_client.embedding.load_new_instance(str(st_folder)), weights, keeper)
+    assert_clean_failure(
+        module_client, lambda: module_client.embedding.load_new_instance(str(st_folder)), weights, keeper
+    )
 
 
 # --- the published GGUF-loader vulnerabilities, as regression tests -------------------------------------------------
@@ -617,9 +625,9 @@ def test_cve_2024_21802_tensor_dims_past_ggml_max_dims(
 
 
 def test_talos_2024_gguf_string_length_overflow(module_client: mh.Client, keeper: mh.LLM, tmp_path: Path) -> None:
-    """Talos 2024 sibling class (CVE-2024-21825 and others): ``gguf_fread_str`` allocated ``n + 1`` bytes for a
+    """The siblings of CVE-2024-21802 in Talos's 2024 GGUF report: ``gguf_fread_str`` allocated ``n + 1`` bytes for a
     string of claimed length ``n``; ``n = 2**64 - 1`` wraps to a zero-byte allocation that the read then overflows.
-    Here: a key, a string value and a tensor name each claim 2**64 - 1 bytes."""
+    Here: a key, a string value and a string inside an array each claim 2**64 - 1 bytes."""
     cases: dict[str, Callable[[GGUFFile], None]] = {
         "value": lambda g: setattr(_kv(g, "general.name"), "count", 2**64 - 1),
         "array-item": lambda g: g.kvs.append(KV("x.strings", ARRAY, ["a"], STRING)),
@@ -646,7 +654,7 @@ def test_talos_2024_gguf_string_length_overflow(module_client: mh.Client, keeper
 def test_talos_2024_gguf_array_count_overflow(module_client: mh.Client, keeper: mh.LLM, tmp_path: Path) -> None:
     """Talos 2024 sibling class: a metadata array's element count multiplied by the element size overflowed the
     allocation (``n * sizeof(T)`` wrapping to a small buffer), and ``n_kv`` / ``n_tensors`` did the same for the
-    key-value and tensor-info tables. Here: counts of 2**61 (× 8 wraps to 0), 2**62 + 1 and 2**64 - 1."""
+    key-value and tensor-info tables. Here: counts of 2**61 (* 8 wraps to 0), 2**62 + 1 and 2**64 - 1."""
     for count in (2**61, 2**62 + 1, 2**64 - 1):
         for what, mutate in {
             "tokens": _set_kv("tokenizer.ggml.tokens", count=count),
@@ -681,7 +689,7 @@ def test_cve_2026_27940_padded_size_overflow(module_client: mh.Client, keeper: m
     """CVE-2026-27940 (llama.cpp, 2026), the bypass of the CVE-2025-53630 fix: the sum was checked, but each
     tensor's size was padded to the alignment (``GGML_PAD(nbytes, align)``) and the element count times the type
     size computed first, either of which can wrap before the check sees it, again giving an undersized allocation
-    and a heap overflow from ``fread``. Here: a Q8_0 tensor whose blocks × 34 wraps to a small size, an F32 tensor
+    and a heap overflow from ``fread``. Here: a Q8_0 tensor whose blocks * 34 wraps to a small size, an F32 tensor
     of 2**64 - 4 bytes (padding wraps to 0), a huge alignment, and a dim of 2**42 + 1 (as in llama.cpp #18674)."""
     variants: dict[str, Callable[[GGUFFile], None]] = {
         # 2**64 / 34 rounded up to whole blocks: blocks * 34 wraps past 2**64 to a small number.
@@ -734,7 +742,7 @@ def test_hostile_loads_while_requests_run(module_client: mh.Client, keeper: mh.L
         while not stop.is_set():
             try:
                 keeper.complete("Hello", {"maxTokens": 2})
-            except BaseException as e:  # noqa: BLE001 - any failure here is the finding
+            except BaseException as e:
                 failures.append(e)
                 return
 

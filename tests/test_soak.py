@@ -19,7 +19,7 @@ from helpers import thread_count, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import soak  # noqa: E402
+import soak
 
 SHORT_SECONDS = 15.0
 
