@@ -77,10 +77,11 @@ bench-quick: install
 
 .PHONY: soak  ## long reliability runs: 1000 load/unload cycles and a concurrency soak on the real models
 soak: install
-	$(PY) scripts/soak.py --cycles 1000
+	$(PY) scripts/soak.py --cycles 1000 --storm-seconds 60 --soak-seconds 300
 
 .PHONY: fuzz  ## run every cargo-fuzz target for 10 minutes each (needs cargo-fuzz; stable toolchain)
 fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.1 --locked
 	bash scripts/fuzz.sh 600
 
 .PHONY: cuda-wheel  ## build a CUDA wheel with NVIDIA's compiler from PyPI (no GPU needed to build)

@@ -121,8 +121,9 @@ impl Instance {
     }
 }
 
-/// Instances share weights when they load the same file the same way: (file, mmap, locked, placement).
-type SharedKey = (PathBuf, bool, bool, Vec<(String, String)>);
+/// Instances share weights when they load the same file, unchanged (length and mtime), the same way:
+/// (file, length, mtime, mmap, locked, placement). A file replaced on disk is loaded afresh.
+type SharedKey = (PathBuf, u64, Option<SystemTime>, bool, bool, Vec<(String, String)>);
 
 #[derive(Default)]
 struct State {
@@ -302,8 +303,12 @@ impl Host {
         req: &mut LoadRequest<'_>,
     ) -> Result<InstanceHandle> {
         let plan = plan_load(entry, &req.config).map_err(|e| e.with_path(&entry.path))?;
+        let stamp =
+            std::fs::metadata(&entry.weights_path).map_err(|e| Error::load(&entry.weights_path, e.to_string()))?;
         let shared_key: SharedKey = (
             entry.weights_path.clone(),
+            stamp.len(),
+            stamp.modified().ok(),
             req.config.try_mmap,
             req.config.keep_model_in_memory,
             plan.placement.layers.clone(),
