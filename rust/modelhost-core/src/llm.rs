@@ -542,7 +542,9 @@ impl LlmModel {
                 st.finish(StopReason::MaxPredictedTokensReached);
                 continue;
             }
-            let token = sample(&logits, &st.config, &st.recent(), &mut st.rng);
+            // The look-back window is only built when a repeat penalty will use it.
+            let recent = if st.config.repeat_penalty != 1.0 { st.recent() } else { Vec::new() };
+            let token = sample(logits, &st.config, &recent, &mut st.rng);
             st.first_token_at.get_or_insert_with(Instant::now);
             if self.tokenizer.eog_ids().contains(&token) {
                 st.finish(StopReason::EosFound);
@@ -637,8 +639,7 @@ impl Default for PredictionConfig {
     }
 }
 
-fn sample(logits: &[f32], cfg: &PredictionConfig, recent: &[u32], rng: &mut StdRng) -> u32 {
-    let mut logits = logits.to_vec();
+fn sample(mut logits: Vec<f32>, cfg: &PredictionConfig, recent: &[u32], rng: &mut StdRng) -> u32 {
     if cfg.repeat_penalty != 1.0 {
         for &t in recent {
             let l = &mut logits[t as usize];
@@ -726,8 +727,8 @@ pub struct PredictionStats {
 
 impl GenerationState {
     fn recent(&self) -> Vec<u32> {
-        let all: Vec<u32> = self.prompt.iter().chain(&self.generated).copied().collect();
-        all[all.len().saturating_sub(REPEAT_LAST_N)..].to_vec()
+        let skip = (self.prompt.len() + self.generated.len()).saturating_sub(REPEAT_LAST_N);
+        self.prompt.iter().chain(&self.generated).skip(skip).copied().collect()
     }
 
     fn finish(&mut self, reason: StopReason) {
