@@ -833,6 +833,11 @@ impl EmbeddingModel {
 
     /// Embed `texts`: a row-major `(texts.len(), dim)` matrix, rows in input order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
+        // On a rayon worker, so the calling thread does not compete with the pool's two (see `llm`).
+        rayon::scope(|_| self.embed_on_pool(texts))
+    }
+
+    fn embed_on_pool(&self, texts: &[&str]) -> Result<Vec<f32>> {
         let dim = self.dim();
         let mut out = vec![0f32; texts.len() * dim];
         if texts.is_empty() {

@@ -82,6 +82,10 @@ impl QuantMatrix {
 
     /// `x` is `(m, cols)` row-major; returns `(m, rows)` = x · Wᵀ.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(DotTile::detect(self.kind), x, m)
+    }
+
+    fn matmul_with(&self, dot: DotTile, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "activation size");
         let nb = self.cols / BLOCK;
         let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
@@ -95,7 +99,7 @@ impl QuantMatrix {
                 for i0 in (0..m).step_by(ROW_TILE) {
                     let tile = (m - i0).min(ROW_TILE);
                     let a: [&[BlockQ8]; ROW_TILE] = std::array::from_fn(|t| &acts[(i0 + t.min(tile - 1)) * nb..][..nb]);
-                    dot_tile(self.kind, w, &a, &mut out);
+                    dot.run(w, &a[..tile], &mut out[..tile]);
                     for (t, v) in out.iter().take(tile).enumerate() {
                         // SAFETY: every (activation row, weight row) element is written by exactly one
                         // work item (rows are partitioned), and the index is inside `y`.
@@ -109,6 +113,68 @@ impl QuantMatrix {
             .into_par_iter()
             .for_each(|c| work(c * ROWS_PER_TASK..n.min((c + 1) * ROWS_PER_TASK)));
         y
+    }
+}
+
+/// The dot-product kernel for one weight format on this CPU, chosen once per matmul.
+#[derive(Debug, Clone, Copy)]
+enum DotTile {
+    /// The portable path, for builds without AVX2/FMA (and the tests' reference).
+    #[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
+    Scalar(QuantKind),
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    Avx2(QuantKind),
+    /// AVX-VNNI's `vpdpbusd` does the u8 × i8 multiply-add in one instruction where AVX2 needs two.
+    /// Picked at run time so the wheel keeps its x86-64-v3 baseline.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    AvxVnni(QuantKind),
+}
+
+impl DotTile {
+    fn detect(kind: QuantKind) -> Self {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        {
+            if std::env::var_os("MODELHOST_NO_VNNI").is_none() && is_x86_feature_detected!("avxvnni") {
+                return DotTile::AvxVnni(kind);
+            }
+            DotTile::Avx2(kind)
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+        DotTile::Scalar(kind)
+    }
+
+    /// Dot products of one weight row `w` with `a.len()` (1..=ROW_TILE) activation rows, into `out`.
+    fn run(self, w: &[u8], a: &[&[BlockQ8]], out: &mut [f32]) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        macro_rules! tiles {
+            ($f:ident) => {
+                // SAFETY: the CPU features were checked (at compile time for AVX2/FMA, by `detect` for
+                // VNNI); `w` holds as many blocks as each activation row.
+                unsafe {
+                    match a.len() {
+                        1 => avx2::$f::<1>(w, a.try_into().unwrap(), out.try_into().unwrap()),
+                        2 => avx2::$f::<2>(w, a.try_into().unwrap(), out.try_into().unwrap()),
+                        3 => avx2::$f::<3>(w, a.try_into().unwrap(), out.try_into().unwrap()),
+                        _ => avx2::$f::<4>(w, a.try_into().unwrap(), out.try_into().unwrap()),
+                    }
+                }
+            };
+        }
+        match self {
+            DotTile::Scalar(kind) => {
+                for (o, a) in out.iter_mut().zip(a) {
+                    *o = dot_scalar(kind, w, a);
+                }
+            }
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            DotTile::Avx2(QuantKind::Q4_1) => tiles!(q4_1_avx2),
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            DotTile::Avx2(QuantKind::Q8_0) => tiles!(q8_0_avx2),
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            DotTile::AvxVnni(QuantKind::Q4_1) => tiles!(q4_1_vnni),
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            DotTile::AvxVnni(QuantKind::Q8_0) => tiles!(q8_0_vnni),
+        }
     }
 }
 
@@ -130,23 +196,6 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
-/// Dot products of one weight row with ROW_TILE activation rows.
-fn dot_tile(kind: QuantKind, w: &[u8], a: &[&[BlockQ8]; ROW_TILE], out: &mut [f32; ROW_TILE]) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    // SAFETY: the target features are enabled at compile time; `w` holds as many blocks as each `a`.
-    unsafe {
-        match kind {
-            QuantKind::Q4_1 => avx2::dot_tile_q4_1(w, a, out),
-            QuantKind::Q8_0 => avx2::dot_tile_q8_0(w, a, out),
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-    for (o, a) in out.iter_mut().zip(a) {
-        *o = dot_scalar(kind, w, a);
-    }
-}
-
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
 /// The portable reference: ggml's `vec_dot_q4_1_q8_1` and `vec_dot_q8_0_q8_0`.
 fn dot_scalar(kind: QuantKind, w: &[u8], a: &[BlockQ8]) -> f32 {
     let mut sum = 0f32;
@@ -174,7 +223,7 @@ fn dot_scalar(kind: QuantKind, w: &[u8], a: &[BlockQ8]) -> f32 {
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod avx2 {
-    use super::{f16_at, BlockQ8, QuantKind, ROW_TILE};
+    use super::{f16_at, BlockQ8, QuantKind};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -184,56 +233,98 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
-    /// u8 × i8 pairs summed to i32 lanes, as floats.
-    #[inline(always)]
-    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+    /// u8 × i8 products summed in fours into i32 lanes.
+    trait ByteDot {
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
     }
 
-    /// # Safety
-    /// Needs AVX2 and FMA; `w` must hold as many Q4_1 blocks as each activation row.
-    #[inline]
-    pub(super) unsafe fn dot_tile_q4_1(w: &[u8], a: &[&[BlockQ8]; ROW_TILE], out: &mut [f32; ROW_TILE]) {
+    struct Avx2;
+    impl ByteDot for Avx2 {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+        }
+    }
+
+    struct Vnni;
+    impl ByteDot for Vnni {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+        }
+    }
+
+    /// One Q4_1 weight row against N activation rows (ggml's `vec_dot_q4_1_q8_1`).
+    #[inline(always)]
+    unsafe fn q4_1<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
         let low = _mm256_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); ROW_TILE];
-        let mut mins = [0f32; ROW_TILE];
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut mins = [0f32; N];
         for (b, wb) in w.chunks_exact(QuantKind::Q4_1.block_bytes()).enumerate() {
             let (d, m) = (f16_at(wb, 0), f16_at(wb, 2));
             // 16 bytes of nibbles → 32 bytes: low nibbles first, then high nibbles (ggml's order).
             let packed = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
             let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-            for t in 0..ROW_TILE {
+            for t in 0..N {
                 let ab = a[t].get_unchecked(b);
                 let qa = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot_u8_i8(qw, qa), acc[t]);
+                let dot = _mm256_cvtepi32_ps(D::dot(qw, qa));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot, acc[t]);
                 mins[t] += m * ab.s;
             }
         }
-        for t in 0..ROW_TILE {
+        for t in 0..N {
             out[t] = hsum(acc[t]) + mins[t];
         }
     }
 
-    /// # Safety
-    /// Needs AVX2 and FMA; `w` must hold as many Q8_0 blocks as each activation row.
-    #[inline]
-    pub(super) unsafe fn dot_tile_q8_0(w: &[u8], a: &[&[BlockQ8]; ROW_TILE], out: &mut [f32; ROW_TILE]) {
-        let mut acc = [_mm256_setzero_ps(); ROW_TILE];
+    /// One Q8_0 weight row against N activation rows (ggml's `vec_dot_q8_0_q8_0`).
+    #[inline(always)]
+    unsafe fn q8_0<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
+        let mut acc = [_mm256_setzero_ps(); N];
         for (b, wb) in w.chunks_exact(QuantKind::Q8_0.block_bytes()).enumerate() {
             let d = f16_at(wb, 0);
             let qw = _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i);
-            // maddubs wants unsigned × signed: |w| × (a with w's sign), as ggml does.
+            // The byte dot wants unsigned × signed: |w| × (a with w's sign), as ggml does.
             let abs_w = _mm256_sign_epi8(qw, qw);
-            for t in 0..ROW_TILE {
+            for t in 0..N {
                 let ab = a[t].get_unchecked(b);
                 let qa = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                let signed_a = _mm256_sign_epi8(qa, qw);
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot_u8_i8(abs_w, signed_a), acc[t]);
+                let dot = _mm256_cvtepi32_ps(D::dot(abs_w, _mm256_sign_epi8(qa, qw)));
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot, acc[t]);
             }
         }
-        for t in 0..ROW_TILE {
+        for t in 0..N {
             out[t] = hsum(acc[t]);
         }
+    }
+
+    // The entry points. Each is compiled with its features so the inlined body uses them.
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `w` must hold as many Q4_1 blocks as each activation row.
+    pub(super) unsafe fn q4_1_avx2<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
+        q4_1::<Avx2, N>(w, a, out)
+    }
+
+    /// # Safety
+    /// As `q4_1_avx2`, and the CPU must have AVX-VNNI.
+    #[target_feature(enable = "avxvnni")]
+    pub(super) unsafe fn q4_1_vnni<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
+        q4_1::<Vnni, N>(w, a, out)
+    }
+
+    /// # Safety
+    /// Needs AVX2 and FMA; `w` must hold as many Q8_0 blocks as each activation row.
+    pub(super) unsafe fn q8_0_avx2<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
+        q8_0::<Avx2, N>(w, a, out)
+    }
+
+    /// # Safety
+    /// As `q8_0_avx2`, and the CPU must have AVX-VNNI.
+    #[target_feature(enable = "avxvnni")]
+    pub(super) unsafe fn q8_0_vnni<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
+        q8_0::<Vnni, N>(w, a, out)
     }
 }
 
@@ -270,13 +361,21 @@ mod tests {
             let w = QuantMatrix::new(kind, &data, rows, cols).unwrap();
             let q = QMatMul::from_qtensor(qtensor_from_ggml(dtype, &data, vec![rows, cols], &Device::Cpu).unwrap());
             let q = q.unwrap();
-            for m in [1, 3, 4, 9] {
+            let mut kernels = vec![DotTile::Scalar(kind)];
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            {
+                kernels.push(DotTile::Avx2(kind));
+                if is_x86_feature_detected!("avxvnni") {
+                    kernels.push(DotTile::AvxVnni(kind));
+                }
+            }
+            for (dot, m) in kernels.into_iter().flat_map(|k| [1, 2, 3, 4, 9].map(|m| (k, m))) {
                 let x: Vec<f32> = (0..m * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-                let ours = w.matmul(&x, m);
+                let ours = w.matmul_with(dot, &x, m);
                 let xt = Tensor::from_vec(x.clone(), (m, cols), &Device::Cpu).unwrap();
                 let theirs: Vec<f32> = q.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 for (a, b) in ours.iter().zip(&theirs) {
-                    assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{kind:?} m={m}: {a} vs {b}");
+                    assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{kind:?} {dot:?} m={m}: {a} vs {b}");
                 }
                 let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
                 let reference = dot_scalar(kind, w.row_bytes(5), &acts[..cols / BLOCK]);
