@@ -716,7 +716,7 @@ fn materialise(
         // In range: the header was validated against these very bytes.
         let src =
             data.get(range.clone()).ok_or_else(|| Error::load(path, format!("tensor {:?} out of range", info.name)))?;
-        let aligned = (src.as_ptr() as usize) % std::mem::align_of::<f32>() == 0;
+        let aligned = (src.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>());
         if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
             for chunk in src.chunks(LOAD_CHUNK) {
                 if mapped && index != sparse {

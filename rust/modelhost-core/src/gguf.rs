@@ -396,7 +396,7 @@ fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or(format!("tensor {:?}: element count overflows", t.name))?;
         let block = t.dtype.block_size() as u64;
-        if t.dims[0] as u64 % block != 0 {
+        if !(t.dims[0] as u64).is_multiple_of(block) {
             return Err(format!(
                 "tensor {:?}: first dimension {} is not a multiple of the {}-element block of {}",
                 t.name,
@@ -523,12 +523,12 @@ pub mod writer {
             out.extend(offset.to_le_bytes());
             offset += (t.data.len() as u64).div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         for t in tensors {
             out.extend(&t.data);
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
         }

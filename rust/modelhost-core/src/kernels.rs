@@ -53,7 +53,7 @@ impl QuantMatrix {
     /// Copy the raw bytes of a GGUF tensor with ggml dims `[cols, rows]`; `None` if the sizes disagree.
     pub fn new(kind: QuantKind, data: &[u8], rows: usize, cols: usize) -> Option<Self> {
         let expected = rows.checked_mul(cols / BLOCK)?.checked_mul(kind.block_bytes())?;
-        if cols % BLOCK != 0 || data.len() != expected {
+        if !cols.is_multiple_of(BLOCK) || data.len() != expected {
             return None;
         }
         Some(QuantMatrix { kind, data: data.to_vec(), rows, cols })

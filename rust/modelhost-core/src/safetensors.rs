@@ -417,7 +417,7 @@ pub mod writer {
             offset += data.len();
         }
         let mut json = serde_json::to_string(&header).unwrap_or_default().into_bytes();
-        while json.len() % 8 != 0 {
+        while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
         let mut out = (json.len() as u64).to_le_bytes().to_vec();

@@ -641,7 +641,7 @@ fn strftime(format: &str, t: &DateTime) -> String {
     ];
     let day_name = DAYS[t.weekday as usize % 7];
     let month_name = MONTHS[(t.month as usize + 11) % 12];
-    let hour12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 };
+    let hour12 = if t.hour.is_multiple_of(12) { 12 } else { t.hour % 12 };
     let mut out = String::with_capacity(format.len() + 16);
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
