@@ -833,8 +833,7 @@ impl EmbeddingModel {
 
     /// Embed `texts`: a row-major `(texts.len(), dim)` matrix, rows in input order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        // On a rayon worker, so the calling thread does not compete with the pool's two (see `llm`).
-        rayon::scope(|_| self.embed_on_pool(texts))
+        crate::kernels::on_pool(|| self.embed_on_pool(texts))
     }
 
     fn embed_on_pool(&self, texts: &[&str]) -> Result<Vec<f32>> {

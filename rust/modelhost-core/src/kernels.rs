@@ -13,6 +13,32 @@ const ROW_TILE: usize = 4;
 /// because its workers spin at the barrier while the thread holding the work is descheduled.
 const ROWS_PER_TASK: usize = 32;
 
+/// Run `f` on a rayon worker with the pool's other workers kept awake until it returns.
+///
+/// A forward pass is hundreds of short parallel loops with serial steps between them. Called from outside
+/// the pool, the caller would be a third thread competing with the two workers for two cores; and an idle
+/// worker falls asleep within microseconds, so every loop would pay a wake-up (slow in a VM). The workers
+/// here poll for work and yield the core while none is queued (as llama.cpp's threads spin during a
+/// pass); if one is descheduled, the others run its share, since rayon's loops are work-stealing.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 1..rayon::current_num_threads() {
+            s.spawn(|_| {
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        }
+        let out = f();
+        done.store(true, Ordering::Release);
+        out
+    })
+}
+
 /// Weight block formats this module runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantKind {
@@ -91,16 +117,18 @@ impl QuantMatrix {
         let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
         let mut y = vec![0f32; m * self.rows];
         let (n, y_ptr) = (self.rows, y.as_mut_ptr() as usize);
+        let row_len = nb * self.kind.block_bytes();
         let work = |rows: std::ops::Range<usize>| {
-            let mut out = [0f32; ROW_TILE];
-            for r in rows {
-                let w = self.row_bytes(r);
-                // One weight row against every activation row, ROW_TILE at a time: the row stays in L1.
-                for i0 in (0..m).step_by(ROW_TILE) {
-                    let tile = (m - i0).min(ROW_TILE);
-                    let a: [&[BlockQ8]; ROW_TILE] = std::array::from_fn(|t| &acts[(i0 + t.min(tile - 1)) * nb..][..nb]);
-                    dot.run(w, &a[..tile], &mut out[..tile]);
-                    for (t, v) in out.iter().take(tile).enumerate() {
+            let w = &self.data[rows.start * row_len..rows.end * row_len];
+            let mut out = [0f32; ROWS_PER_TASK * ROW_TILE];
+            // The task's weight rows against ROW_TILE activation rows at a time: the rows stay in L1.
+            for i0 in (0..m).step_by(ROW_TILE) {
+                let tile = (m - i0).min(ROW_TILE);
+                let a: [&[BlockQ8]; ROW_TILE] = std::array::from_fn(|t| &acts[(i0 + t.min(tile - 1)) * nb..][..nb]);
+                let out = &mut out[..rows.len() * tile];
+                dot.run(w, row_len, &a[..tile], out);
+                for (r, v) in rows.clone().zip(out.chunks_exact(tile)) {
+                    for (t, v) in v.iter().enumerate() {
                         // SAFETY: every (activation row, weight row) element is written by exactly one
                         // work item (rows are partitioned), and the index is inside `y`.
                         unsafe { *(y_ptr as *mut f32).add((i0 + t) * n + r) = *v };
@@ -143,27 +171,31 @@ impl DotTile {
         DotTile::Scalar(kind)
     }
 
-    /// Dot products of one weight row `w` with `a.len()` (1..=ROW_TILE) activation rows, into `out`.
-    fn run(self, w: &[u8], a: &[&[BlockQ8]], out: &mut [f32]) {
+    /// Dot products of the weight rows in `w` (each `row_len` bytes) with `a.len()` (1..=ROW_TILE)
+    /// activation rows, into `out` as `[row][activation]`.
+    fn run(self, w: &[u8], row_len: usize, a: &[&[BlockQ8]], out: &mut [f32]) {
+        debug_assert_eq!(out.len(), w.len() / row_len * a.len());
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         macro_rules! tiles {
             ($f:ident) => {
                 // SAFETY: the CPU features were checked (at compile time for AVX2/FMA, by `detect` for
-                // VNNI); `w` holds as many blocks as each activation row.
+                // VNNI); each row of `w` holds as many blocks as each activation row.
                 unsafe {
                     match a.len() {
-                        1 => avx2::$f::<1>(w, a.try_into().unwrap(), out.try_into().unwrap()),
-                        2 => avx2::$f::<2>(w, a.try_into().unwrap(), out.try_into().unwrap()),
-                        3 => avx2::$f::<3>(w, a.try_into().unwrap(), out.try_into().unwrap()),
-                        _ => avx2::$f::<4>(w, a.try_into().unwrap(), out.try_into().unwrap()),
+                        1 => avx2::$f::<1>(w, row_len, a.try_into().unwrap(), out),
+                        2 => avx2::$f::<2>(w, row_len, a.try_into().unwrap(), out),
+                        3 => avx2::$f::<3>(w, row_len, a.try_into().unwrap(), out),
+                        _ => avx2::$f::<4>(w, row_len, a.try_into().unwrap(), out),
                     }
                 }
             };
         }
         match self {
             DotTile::Scalar(kind) => {
-                for (o, a) in out.iter_mut().zip(a) {
-                    *o = dot_scalar(kind, w, a);
+                for (w, out) in w.chunks_exact(row_len).zip(out.chunks_exact_mut(a.len())) {
+                    for (o, a) in out.iter_mut().zip(a) {
+                        *o = dot_scalar(kind, w, a);
+                    }
                 }
             }
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
@@ -254,9 +286,16 @@ mod avx2 {
         }
     }
 
-    /// One Q4_1 weight row against N activation rows (ggml's `vec_dot_q4_1_q8_1`).
+    /// Each Q4_1 weight row against N activation rows (ggml's `vec_dot_q4_1_q8_1`).
     #[inline(always)]
-    unsafe fn q4_1<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
+    unsafe fn q4_1<D: ByteDot, const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
+        for (w, out) in w.chunks_exact(row_len).zip(out.chunks_exact_mut(N)) {
+            q4_1_row::<D, N>(w, a, out);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1_row<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32]) {
         let low = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); N];
         let mut mins = [0f32; N];
@@ -278,9 +317,16 @@ mod avx2 {
         }
     }
 
-    /// One Q8_0 weight row against N activation rows (ggml's `vec_dot_q8_0_q8_0`).
+    /// Each Q8_0 weight row against N activation rows (ggml's `vec_dot_q8_0_q8_0`).
     #[inline(always)]
-    unsafe fn q8_0<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
+    unsafe fn q8_0<D: ByteDot, const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
+        for (w, out) in w.chunks_exact(row_len).zip(out.chunks_exact_mut(N)) {
+            q8_0_row::<D, N>(w, a, out);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0_row<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32]) {
         let mut acc = [_mm256_setzero_ps(); N];
         for (b, wb) in w.chunks_exact(QuantKind::Q8_0.block_bytes()).enumerate() {
             let d = f16_at(wb, 0);
@@ -302,29 +348,29 @@ mod avx2 {
     // The entry points. Each is compiled with its features so the inlined body uses them.
 
     /// # Safety
-    /// Needs AVX2 and FMA; `w` must hold as many Q4_1 blocks as each activation row.
-    pub(super) unsafe fn q4_1_avx2<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
-        q4_1::<Avx2, N>(w, a, out)
+    /// Needs AVX2 and FMA; `w` must hold rows of as many Q4_1 blocks as each activation row.
+    pub(super) unsafe fn q4_1_avx2<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
+        q4_1::<Avx2, N>(w, row_len, a, out)
     }
 
     /// # Safety
     /// As `q4_1_avx2`, and the CPU must have AVX-VNNI.
     #[target_feature(enable = "avxvnni")]
-    pub(super) unsafe fn q4_1_vnni<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
-        q4_1::<Vnni, N>(w, a, out)
+    pub(super) unsafe fn q4_1_vnni<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
+        q4_1::<Vnni, N>(w, row_len, a, out)
     }
 
     /// # Safety
-    /// Needs AVX2 and FMA; `w` must hold as many Q8_0 blocks as each activation row.
-    pub(super) unsafe fn q8_0_avx2<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
-        q8_0::<Avx2, N>(w, a, out)
+    /// Needs AVX2 and FMA; `w` must hold rows of as many Q8_0 blocks as each activation row.
+    pub(super) unsafe fn q8_0_avx2<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
+        q8_0::<Avx2, N>(w, row_len, a, out)
     }
 
     /// # Safety
     /// As `q8_0_avx2`, and the CPU must have AVX-VNNI.
     #[target_feature(enable = "avxvnni")]
-    pub(super) unsafe fn q8_0_vnni<const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32; N]) {
-        q8_0::<Vnni, N>(w, a, out)
+    pub(super) unsafe fn q8_0_vnni<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
+        q8_0::<Vnni, N>(w, row_len, a, out)
     }
 }
 

@@ -427,10 +427,8 @@ impl LlmModel {
     /// Run `tokens` at positions `pos..` through the model, filling the cache; logits for every position
     /// (`all = true`) or only the last, as a `(n, vocab)` f32 tensor on the CPU.
     fn forward(&self, cache: &mut KvCache, rope: &Rope, tokens: &[u32], pos: usize, all: bool) -> Result<Tensor> {
-        // Run the whole pass on a rayon worker: the matmuls' parallel loops then start from inside the
-        // pool, and the calling thread sleeps instead of being a third thread fighting the two workers
-        // for two cores between every matmul (that contention halved decoding speed).
-        rayon::scope(|_| self.forward_on_pool(cache, rope, tokens, pos, all))
+        // On the pool: called from outside it, decoding ran at half speed (see `kernels::on_pool`).
+        crate::kernels::on_pool(|| self.forward_on_pool(cache, rope, tokens, pos, all))
     }
 
     fn forward_on_pool(
