@@ -858,6 +858,8 @@ impl EmbeddingModel {
                 batch.iter().map(|&i| (encoded[i].0.as_slice(), encoded[i].1.as_slice())).collect();
             self.check_ids(&seqs)?;
             let hidden = forward(&view, &self.folder.bert, &seqs, &mut scratch);
+            // Weights are read in place from the mapping: a truncated file reads as zeros, not a result.
+            weights::check_intact(&self.bytes)?;
             pool(hidden, &seqs, self.folder.bert.hidden_size, &self.folder.pooling, &mut pooled);
             for (row, &i) in pooled.chunks_exact(dim).zip(batch) {
                 let dst = &mut out[i * dim..(i + 1) * dim];
@@ -1008,6 +1010,7 @@ fn load_weights(folder: &Folder, try_mmap: bool, progress: &mut Progress<'_>) ->
         // Everything was converted into owned memory: the mapped pages are no longer needed.
         m.release_pages();
     }
+    weights::check_intact(&bytes)?; // a truncation during the copies above read zeros
     let mut take = |i: usize| std::mem::replace(&mut loaded[i], Weight::Owned(Vec::new()));
     let [word, position, token_type, ln_g, ln_b] = plan.embeddings.map(&mut take);
     let layers = plan

@@ -1,7 +1,7 @@
 //! modelhost-core: load, host and run local language and embedding models.
 //!
 //! One module per concern: `catalog` finds models, `gguf`/`safetensors` parse headers, `weights` maps
-//! files and reports progress, `placement` plans devices, `instances` is the lifecycle table,
+//! files (`sigbus` guards the maps) and reports progress, `placement` plans devices, `instances` is the lifecycle table,
 //! `llm`/`embedding` run models, `tokenizer`/`template` turn text into ids and chats into prompts.
 #![deny(missing_docs)]
 
@@ -15,6 +15,8 @@ pub mod kernels;
 pub mod llm;
 pub mod placement;
 pub mod safetensors;
+#[cfg(target_os = "linux")]
+pub mod sigbus;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;

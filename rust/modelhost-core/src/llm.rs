@@ -371,6 +371,7 @@ impl LlmModel {
                 &output_device,
             )?)?)
         };
+        weights::check_intact(bytes)?; // a truncation during the copies above read zeros
         let mapping = match bytes {
             FileBytes::Mapped(m) => {
                 m.release_pages();

@@ -38,6 +38,10 @@ impl FileBytes {
 /// A read-only memory map of one model file.
 #[derive(Debug)]
 pub struct MappedFile {
+    /// Turns a read of pages truncated away into zeros and a flag instead of a fatal SIGBUS. Declared
+    /// before `mmap` so that it unregisters before the range is unmapped.
+    #[cfg(target_os = "linux")]
+    guard: Option<crate::sigbus::Guard>,
     path: PathBuf,
     mmap: Mmap,
     /// (device, inode) of the file when it was mapped.
@@ -69,6 +73,15 @@ impl MappedFile {
     /// The mapped file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a read found pages the file lost to a truncation (they read as zeros since): everything
+    /// computed from this mapping since it was made is suspect.
+    pub fn damaged(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.guard.as_ref().is_some_and(|g| g.damaged());
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 
     /// Tell the kernel the pages we copied from are no longer needed by this process, so the
@@ -116,11 +129,17 @@ pub fn map_shared(path: &Path) -> Result<Arc<MappedFile>> {
     }
     let (file, _) = open_model_file(&canonical)?;
     // SAFETY: the map is read-only and private to this process. If another process truncates the
-    // file while it is mapped, touching the lost pages raises SIGBUS; we only read the map while
-    // loading (weights are copied out), after re-checking the size, and document the remaining risk.
+    // file while it is mapped, touching the lost pages raises SIGBUS, which the guard turns into
+    // zeros and `damaged()`; every reader checks `check_intact` after reading.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::load(path, e.to_string()))?;
     let identity = file.metadata().map(|m| file_identity(&m)).unwrap_or_default();
-    let mapped = Arc::new(MappedFile { path: canonical.clone(), mmap, identity });
+    let mapped = Arc::new(MappedFile {
+        path: canonical.clone(),
+        #[cfg(target_os = "linux")]
+        guard: crate::sigbus::Guard::new(mmap.as_ptr(), mmap.len()),
+        mmap,
+        identity,
+    });
     reg.retain(|_, w| w.strong_count() > 0);
     reg.insert(canonical, Arc::downgrade(&mapped));
     Ok(mapped)
@@ -134,8 +153,20 @@ pub fn mapped_file_count() -> usize {
     reg.values().filter(|w| w.strong_count() > 0).count() + retired.len()
 }
 
+/// Check, after reading mapped pages, that none of them was lost to a truncation of the file.
+pub fn check_intact(bytes: &FileBytes) -> Result<()> {
+    match bytes {
+        FileBytes::Mapped(m) if m.damaged() => Err(Error::load(
+            &m.path,
+            "the file was truncated on disk while in use; unload this model and load it again",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Check, just before touching mapped pages, that the file still has the length we mapped.
 pub fn check_unchanged(bytes: &FileBytes) -> Result<()> {
+    check_intact(bytes)?;
     if let FileBytes::Mapped(m) = bytes {
         let len = std::fs::metadata(&m.path).map_err(|e| Error::load(&m.path, e.to_string()))?.len();
         if len != m.mmap.len() as u64 {

@@ -1,0 +1,197 @@
+//! A SIGBUS guard for our file mappings.
+//!
+//! Reading a page of a mapped file that another process truncated away raises SIGBUS, which would kill
+//! the interpreter. Each mapping registers its address range here; on a SIGBUS inside one, the handler
+//! maps anonymous zero pages over the rest of that range, marks the mapping as damaged and returns, so
+//! the faulting read completes (with zeros). The code that read the mapping checks `damaged` afterwards
+//! and fails the request with a clear error. A SIGBUS anywhere else goes to the handler that was
+//! installed before ours (Python's faulthandler, say) or to the default action.
+//!
+//! The handler only reads atomics and calls `mmap`, `sigaction` and `raise`, which are system calls.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Mappings guarded at once; beyond this a mapping is unguarded (and `Guard::new` says so).
+const SLOTS: usize = 1024;
+
+struct Slot {
+    used: AtomicBool,
+    /// First and one-past-last address; `start == 0` while the slot is being filled or emptied.
+    start: AtomicUsize,
+    end: AtomicUsize,
+    damaged: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)] // a template for the array below
+const EMPTY: Slot = Slot {
+    used: AtomicBool::new(false),
+    start: AtomicUsize::new(0),
+    end: AtomicUsize::new(0),
+    damaged: AtomicBool::new(false),
+};
+static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+
+/// One mapped range under the guard; unregisters on drop (before the range is unmapped).
+#[derive(Debug)]
+pub struct Guard {
+    slot: usize,
+}
+
+impl Guard {
+    /// Guard `len` bytes at `start` (a page-aligned mapping). `None` if no slot is free or the handler
+    /// cannot be installed.
+    pub fn new(start: *const u8, len: usize) -> Option<Guard> {
+        if len == 0 || !install() {
+            return None;
+        }
+        let page = page_size();
+        let end = (start as usize).checked_add(len)?.checked_next_multiple_of(page)?;
+        let slot = TABLE
+            .iter()
+            .position(|s| s.used.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
+        let s = &TABLE[slot];
+        s.damaged.store(false, Ordering::Relaxed);
+        s.end.store(end, Ordering::Release);
+        s.start.store(start as usize, Ordering::Release);
+        Some(Guard { slot })
+    }
+
+    /// Whether a read hit pages the file no longer has (they read as zeros since).
+    pub fn damaged(&self) -> bool {
+        TABLE[self.slot].damaged.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let s = &TABLE[self.slot];
+        s.start.store(0, Ordering::Release);
+        s.end.store(0, Ordering::Release);
+        s.used.store(false, Ordering::Release);
+    }
+}
+
+fn page_size() -> usize {
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    match PAGE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let p = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096);
+            PAGE.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
+/// The handler that was installed before ours, to pass foreign faults on to.
+static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Put our handler on top, unless it already is: called for every new mapping, so a handler someone
+/// installed after ours (e.g. `faulthandler.enable()`) is chained behind it rather than replacing it.
+fn install() -> bool {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: plain sigaction calls with valid, zero-initialised structs; our handler is async-signal-safe.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut current) != 0 {
+            return false;
+        }
+        if current.sa_sigaction == on_sigbus as *const () as usize {
+            return true;
+        }
+        let mut ours: libc::sigaction = std::mem::zeroed();
+        ours.sa_sigaction = on_sigbus as *const () as usize;
+        ours.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        libc::sigemptyset(&mut ours.sa_mask);
+        // The previous handler must be visible to the handler before ours can run. A replaced record is
+        // leaked: a handler running right now may still read it, and it is a few bytes per re-install.
+        PREVIOUS.store(Box::into_raw(Box::new(current)), Ordering::Release);
+        libc::sigaction(libc::SIGBUS, &ours, std::ptr::null_mut()) == 0
+    }
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for s in &TABLE {
+        let start = s.start.load(Ordering::Acquire);
+        if start == 0 || addr < start {
+            continue;
+        }
+        let end = s.end.load(Ordering::Acquire);
+        if addr < end {
+            let page = addr & !(page_size() - 1);
+            // SAFETY: [page, end) lies inside a live read-only mapping that we own (the slot is
+            // registered); replacing its lost tail with zero pages is what makes the read safe to retry.
+            let mapped = unsafe {
+                libc::mmap(
+                    page as *mut libc::c_void,
+                    end - page,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if mapped != libc::MAP_FAILED {
+                s.damaged.store(true, Ordering::Release);
+                return;
+            }
+        }
+    }
+    // Not ours: hand it to whoever handled SIGBUS before us, or die as the default action does.
+    let previous = PREVIOUS.load(Ordering::Acquire);
+    // SAFETY: `previous` is null or a leaked, never-freed sigaction; calling the previous handler the way
+    // it was registered (with or without SA_SIGINFO) is what the kernel would have done.
+    unsafe {
+        if !previous.is_null() {
+            let prev = &*previous;
+            let handler = prev.sa_sigaction;
+            if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+                if prev.sa_flags & libc::SA_SIGINFO != 0 {
+                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                        std::mem::transmute(handler);
+                    f(sig, info, ctx);
+                } else {
+                    let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
+                    f(sig);
+                }
+                return;
+            }
+        }
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_mapping_reads_zeros_and_is_marked_damaged() {
+        let dir = std::env::temp_dir().join(format!("mh-sigbus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.bin");
+        std::fs::write(&path, vec![7u8; 3 * 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a read-only map of our own temporary file.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let guard = Guard::new(map.as_ptr(), map.len()).unwrap();
+        assert_eq!(map[8192], 7);
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(100).unwrap();
+        // SAFETY: in bounds of the mapping; volatile so the read really happens.
+        let after = unsafe { std::ptr::read_volatile(map.as_ptr().add(2 * 4096 + 5)) };
+        assert_eq!(after, 0);
+        assert!(guard.damaged());
+        assert_eq!(map[10], 7, "the pages still in the file are untouched");
+        drop(guard);
+        drop(map);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
