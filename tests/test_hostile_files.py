@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import random
 import struct
 from collections.abc import Callable, Iterator
@@ -371,6 +372,32 @@ def test_hostile_tiny_llama(case: str, module_client: mh.Client, keeper: mh.LLM,
     path.write_bytes(build())
     assert_clean_failure(module_client, _load_llm(module_client, path), path, keeper, problem=problem)
     assert_clean_failure(module_client, lambda: module_client.llm.model(str(path)), path, keeper, problem=problem)
+
+
+# A template is a program: these load (they compile), then every render is refused quickly with a clear error.
+HOSTILE_TEMPLATES = {
+    "namespace-doubling": "{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+    "{% endfor %}{{ ns.s | length }}",
+    "macro-doubling": "{% macro f(s, n) %}{{ f(s ~ s, n - 1) if n else s | length }}{% endmacro %}{{ f('x', 60) }}",
+    "terabyte-repeat": "{{ ('x' * (messages | length) * 10**12) | length }}",
+    "endless-loop": "{% for i in range(10**9) %}{% for j in range(10**9) %}{% endfor %}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_TEMPLATES))
+def test_hostile_chat_template_is_bounded(case: str, module_client: mh.Client, keeper: mh.LLM, tmp_path: Path) -> None:
+    path = tmp_path / f"template-{case}.gguf"
+    path.write_bytes(_with(_set_kv("tokenizer.chat_template", value=HOSTILE_TEMPLATES[case])))
+    llm = module_client.llm.load_new_instance(str(path), f"template-{case}")
+    try:
+        start = time.monotonic()
+        with pytest.raises(mh.InvalidConfigError, match="chat template"):
+            llm.respond("hi", config={"maxTokens": 1})
+        assert time.monotonic() - start < 10
+        assert llm.complete("Hello", config={"maxTokens": 2}).content is not None  # raw prompts still work
+        assert keeper.complete("Hello", config={"maxTokens": 2, "temperature": 0}).content is not None
+    finally:
+        llm.unload()
 
 
 # --- filesystem entries that are not model files -------------------------------------------------------------------

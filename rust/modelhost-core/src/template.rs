@@ -10,9 +10,9 @@
 //!
 //! A template comes from a model file, so it is hostile until proven otherwise: every render runs
 //! on a fuel budget, a recursion limit and an output cap, and a panic inside the engine becomes an
-//! error. What these cannot bound is a single operation that allocates a huge but possible value,
-//! such as `'x' * 10**10` (folded at compile time, so already in `new`) or doubling a string in a
-//! short loop: minijinja has no hook on operators, and jinja2's sandbox has the same gap.
+//! error. Since minijinja 3, fuel is charged for the memory a render allocates too (strings and lists
+//! built by operators, literals, filters, functions and methods, and values whose size is known
+//! up front are refused before they are made), so `FUEL` bounds both time and memory.
 
 use std::fmt::Write as _;
 use std::io;
@@ -26,9 +26,10 @@ use crate::error::{Error, Result};
 /// A render stops with an error once its output would pass this many bytes (real prompts are a few
 /// kilobytes; a context window of text is well under this).
 pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
-/// Instructions one render may execute. Rendering a 1000-message chat with a tool-heavy template
-/// takes well under a million; a runaway loop hits this in about a second.
-pub const FUEL: u64 = 10_000_000;
+/// Fuel for one render: minijinja charges one unit per instruction and about one per 64 bytes
+/// allocated, so this bounds a render to ~2M instructions (milliseconds) and ~128 MB. Rendering a
+/// chat as long as `MAX_OUTPUT_BYTES` (1000 messages of 1 kB) costs about 100k.
+pub const FUEL: u64 = 2_000_000;
 /// Nesting depth of loops, macro calls and includes (minijinja counts a macro call as several).
 pub const RECURSION_LIMIT: usize = 200;
 /// Nesting depth of values printed or serialised by `tojson` (deeper ones are an error rather than
@@ -80,8 +81,9 @@ impl ChatTemplate {
     /// error naming the file.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
+        // Infallible: only delimiters can make a syntax config invalid, and these are the defaults.
+        let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
+        env.set_syntax(syntax.expect("default delimiters"));
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(RECURSION_LIMIT);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -109,10 +111,8 @@ impl ChatTemplate {
     /// `raise_exception(msg)` becomes `Error::InvalidConfig` carrying `msg`; running out of fuel,
     /// recursing too deep or writing more than `MAX_OUTPUT_BYTES` are `Error::InvalidConfig` too.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let messages: Vec<Value> = messages
-            .iter()
-            .map(|m| Value::from_iter([("role", m.role.as_str()), ("content", m.content.as_str())]))
-            .collect();
+        let messages: Vec<Value> =
+            messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content.as_str() }).collect();
         let ctx = context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -125,7 +125,7 @@ impl ChatTemplate {
             // Compiling again is cheap next to a forward pass and keeps this struct free of
             // self-references (a minijinja Template borrows its Environment).
             let template = self.env.template_from_named_str(TEMPLATE_NAME, &self.source)?;
-            template.render_to_write(ctx, &mut out).map(|_| ())
+            template.render_captured_to(ctx, &mut out).map(|_| ())
         }));
         match rendered {
             Ok(Ok(())) => String::from_utf8(out.buf)
@@ -154,7 +154,9 @@ fn render_error(e: &minijinja::Error) -> Error {
     }
     match e.kind() {
         ErrorKind::OutOfFuel => {
-            Error::InvalidConfig(format!("chat template: gave up after {FUEL} instructions (an endless loop?)"))
+            Error::InvalidConfig(format!(
+                "chat template: ran out of fuel ({FUEL} units of instructions and memory; an endless loop or a huge value?)"
+            ))
         }
         _ => Error::InvalidConfig(format!("chat template: {e}")),
     }
@@ -201,7 +203,7 @@ fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Err
 /// Print values as jinja2 does, i.e. with Python's `str()`.
 fn python_formatter(
     out: &mut Output<'_>,
-    state: &State<'_, '_>,
+    state: &mut State<'_, '_>,
     value: &Value,
 ) -> std::result::Result<(), minijinja::Error> {
     match value.kind() {
@@ -834,16 +836,20 @@ mod tests {
 
     #[test]
     fn impossible_allocations_are_errors() {
-        // Constant-folded at compile time, and computed at render time.
-        let err = ChatTemplate::new("{{ 'ab' * 9223372036854775807 }}", "", "").unwrap_err();
-        assert!(err.to_string().contains("panicked"), "{err}");
-        assert_quick_error("{{ 'ab' * (messages | length * 9223372036854775807) }}", "panicked");
+        // Sizes known up front (a constant, or computed at render time) are refused before allocating.
+        assert_quick_error("{{ 'ab' * 9223372036854775807 }}", "chat template");
+        assert_quick_error("{{ 'ab' * (messages | length * 9223372036854775807) }}", "chat template");
     }
 
     #[test]
-    fn huge_values_are_capped_when_printed() {
-        assert_quick_error("{{ [1] * 1000000000 }}", "longer than");
-        assert_quick_error("{% set x = ([1] * 1000000000) | tojson %}", "longer than");
+    fn huge_values_are_refused() {
+        assert_quick_error("{{ [1] * 1000000000 }}", "too large");
+        assert_quick_error("{% set x = ([1] * 1000000000) | tojson %}", "too large");
+        // Built step by step in a variable, never printed: fuel pays for the memory.
+        let doubling =
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}";
+        assert_quick_error(doubling, "fuel");
+        assert_quick_error("{% set s = 'x' * 100000000 %}{{ s | length }}", "fuel");
     }
 
     #[test]
