@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import random
 import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
