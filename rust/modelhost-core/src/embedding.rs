@@ -32,6 +32,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 use crate::error::{Error, Result};
 use crate::safetensors::{self as st, Dtype, SafeTensorInfo, SafetensorsHeader};
 use crate::weights::{self, ChunkedLoad, FileBytes, MappedFile, Progress};
+use crate::wordpiece::{self, WordPieceTokenizer};
 
 /// sentence-transformers' default `encode` batch size.
 const BATCH_SIZE: usize = 32;
@@ -771,11 +772,29 @@ fn touch_pages(bytes: &[u8]) {
 // The model
 // ---------------------------------------------------------------------------------------------------
 
+/// The tokenizer of an embedding model: BERT's WordPiece read by our fast path, or any other model
+/// `tokenizers` reads.
+#[derive(Debug)]
+enum BertTokenizer {
+    WordPiece(Box<WordPieceTokenizer>),
+    Other(Box<Tokenizer>),
+}
+
+/// The same call on either kind of tokenizer.
+macro_rules! on_tokenizer {
+    ($tokenizer:expr, $t:ident => $call:expr) => {
+        match $tokenizer {
+            BertTokenizer::WordPiece($t) => $call,
+            BertTokenizer::Other($t) => $call,
+        }
+    };
+}
+
 /// A loaded embedding model. `Send + Sync`: requests only read it.
 pub struct EmbeddingModel {
     folder: Folder,
     info: EmbeddingFolderInfo,
-    tokenizer: Tokenizer,
+    tokenizer: BertTokenizer,
     /// Tokens per input, special tokens included (the applied context length).
     max_tokens: usize,
     bytes: FileBytes,
@@ -915,9 +934,7 @@ impl EmbeddingModel {
             })
             .collect();
         let inputs: Vec<&str> = inputs.iter().map(|c| c.as_ref()).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(inputs, true)
+        let encodings = on_tokenizer!(&self.tokenizer, t => t.encode_batch_fast(inputs, true))
             .map_err(|e| Error::InvalidConfig(format!("cannot tokenize: {e}")))?;
         Ok(encodings.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
     }
@@ -955,38 +972,32 @@ impl EmbeddingModel {
     }
 }
 
-/// A tokenizer whose model is known to be WordPiece (BERT's), deserialised without the generic path's
-/// detour through a `serde_json::Value` of the whole vocabulary: half the time, the same tokenizer.
-type WordPieceTokenizer = tokenizers::TokenizerImpl<
-    tokenizers::models::wordpiece::WordPiece,
-    tokenizers::NormalizerWrapper,
-    tokenizers::PreTokenizerWrapper,
-    tokenizers::PostProcessorWrapper,
-    tokenizers::DecoderWrapper,
->;
-
-fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
+fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<BertTokenizer> {
     let bytes = std::fs::read(path).map_err(|e| Error::load(path, e.to_string()))?;
-    let mut tokenizer = match serde_json::from_slice::<WordPieceTokenizer>(&bytes) {
-        Ok(t) => Tokenizer::from(t),
+    let mut tokenizer = match wordpiece::load(&bytes) {
+        Some(t) => BertTokenizer::WordPiece(Box::new(t)),
         // Another model type (or a broken file, which the generic path then reports).
-        Err(_) => Tokenizer::from_bytes(&bytes).map_err(|e| Error::load(path, e.to_string()))?,
+        None => {
+            BertTokenizer::Other(Box::new(Tokenizer::from_bytes(&bytes).map_err(|e| Error::load(path, e.to_string()))?))
+        }
     };
-    let specials = tokenizer.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+    let specials = on_tokenizer!(&tokenizer, t => t.get_post_processor())
+        .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
     if max_tokens < specials {
         return Err(Error::InvalidConfig(format!(
             "context length {max_tokens} leaves no room for the {specials} special tokens"
         )));
     }
-    tokenizer
-        .with_truncation(Some(TruncationParams {
-            max_length: max_tokens,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-            direction: TruncationDirection::Right,
-        }))
-        .map_err(|e| Error::load(path, e.to_string()))?;
-    tokenizer.with_padding(None);
+    let truncation = TruncationParams {
+        max_length: max_tokens,
+        strategy: TruncationStrategy::LongestFirst,
+        stride: 0,
+        direction: TruncationDirection::Right,
+    };
+    on_tokenizer!(&mut tokenizer, t => {
+        t.with_truncation(Some(truncation)).map_err(|e| Error::load(path, e.to_string()))?;
+        t.with_padding(None);
+    });
     Ok(tokenizer)
 }
 

@@ -1,8 +1,9 @@
 //! modelhost-core: load, host and run local language and embedding models.
 //!
 //! One module per concern: `catalog` finds models, `gguf`/`safetensors` parse headers, `weights` maps
-//! files (`sigbus` guards the maps) and reports progress, `placement` plans devices, `instances` is the lifecycle table,
-//! `llm`/`embedding` run models, `tokenizer`/`template` turn text into ids and chats into prompts.
+//! files (`sigbus` guards the maps) and reports progress, `placement` plans devices, `instances` is the
+//! lifecycle table, `llm`/`embedding` run models, `tokenizer`/`wordpiece`/`template` turn text into ids
+//! and chats into prompts.
 #![deny(missing_docs)]
 
 pub mod catalog;
@@ -20,5 +21,6 @@ pub mod sigbus;
 pub mod template;
 pub mod tokenizer;
 pub mod weights;
+pub mod wordpiece;
 
 pub use error::{BoxError, Error, Result};

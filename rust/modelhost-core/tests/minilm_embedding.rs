@@ -292,6 +292,42 @@ fn damaged_files_name_the_file() {
     }
 }
 
+#[test]
+fn fast_wordpiece_tokenizer_matches_tokenizers() {
+    let Some(dir) = model_dir() else { return };
+    let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    let ours = modelhost_core::wordpiece::load(&bytes).expect("MiniLM's tokenizer takes the fast path");
+    let mut theirs = tokenizers::Tokenizer::from_bytes(&bytes).unwrap();
+    // The file's own padding and truncation (to 128) are not part of the fast path: `embedding` sets its own.
+    theirs.with_padding(None).with_truncation(None).unwrap();
+    let mut texts: Vec<String> = refs()["cases"]
+        .as_array()
+        .map(|cases| cases.iter().filter_map(|c| c["text"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    texts.extend(
+        [
+            "",
+            "   ",
+            "Hello, World! [SEP] [cls] [MASK]x",
+            "naïve café Ωmega straße 東京都 😀👍🏽 ﬁ",
+            "unaffable antidisestablishmentarianism pneumonoultramicroscopicsilicovolcanoconiosis",
+            "tabs\tand\nnewlines\r\n  and   runs",
+            "x".repeat(150).as_str(),
+            "9,999.50 $ 3.14e-10 -- ... ?!",
+        ]
+        .map(str::to_owned),
+    );
+    texts.extend(sentences(50));
+    for text in &texts {
+        let (a, b) = (ours.encode(text.as_str(), true).unwrap(), theirs.encode(text.as_str(), true).unwrap());
+        assert_eq!(a.get_ids(), b.get_ids(), "{text:?}");
+        assert_eq!(a.get_type_ids(), b.get_type_ids(), "{text:?}");
+        assert_eq!(a.get_tokens(), b.get_tokens(), "{text:?}");
+        assert_eq!(a.get_offsets(), b.get_offsets(), "{text:?}");
+    }
+    assert_eq!(tokenizers::Model::get_vocab_size(ours.get_model()), theirs.get_vocab_size(false));
+}
+
 /// Deterministic short sentences (~17 tokens each, as the benchmark's).
 fn sentences(n: usize) -> Vec<String> {
     let words = [
