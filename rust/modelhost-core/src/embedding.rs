@@ -852,7 +852,7 @@ impl EmbeddingModel {
 
     /// Embed `texts`: a row-major `(texts.len(), dim)` matrix, rows in input order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        crate::kernels::on_pool(|| self.embed_on_pool(texts))
+        crate::kernels::on_pool(false, || self.embed_on_pool(texts))
     }
 
     fn embed_on_pool(&self, texts: &[&str]) -> Result<Vec<f32>> {

@@ -13,18 +13,19 @@ const ROW_TILE: usize = 4;
 /// because its workers spin at the barrier while the thread holding the work is descheduled.
 const ROWS_PER_TASK: usize = 32;
 
-/// Run `f` on a rayon worker with the pool's other workers kept awake until it returns.
+/// Run `f` on a rayon worker; with `keep_awake`, the pool's other workers poll for work until it returns.
 ///
-/// A forward pass is hundreds of short parallel loops with serial steps between them. Called from outside
-/// the pool, the caller would be a third thread competing with the two workers for two cores; and an idle
-/// worker falls asleep within microseconds, so every loop would pay a wake-up (slow in a VM). The workers
-/// here poll for work and yield the core while none is queued (as llama.cpp's threads spin during a
-/// pass); if one is descheduled, the others run its share, since rayon's loops are work-stealing.
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// A forward pass is many parallel loops with serial steps between them. Called from outside the pool,
+/// the caller would be a third thread competing with the two workers for two cores (that halved decoding
+/// speed). And an idle rayon worker falls asleep within microseconds, so a pass made of hundreds of short
+/// loops (decoding one token) pays a wake-up per loop, slow in a VM: `keep_awake` has the other workers
+/// poll rayon for work, yielding the core while none is queued, as llama.cpp's threads spin during a pass.
+/// If a polling worker is descheduled, the others run its share: rayon's loops are work-stealing.
+pub fn on_pool<R: Send>(keep_awake: bool, f: impl FnOnce() -> R + Send) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
     let done = AtomicBool::new(false);
     rayon::scope(|s| {
-        for _ in 1..rayon::current_num_threads() {
+        for _ in 1..if keep_awake { rayon::current_num_threads() } else { 1 } {
             s.spawn(|_| {
                 while !done.load(Ordering::Acquire) {
                     if rayon::yield_now() != Some(rayon::Yield::Executed) {

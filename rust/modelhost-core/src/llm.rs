@@ -429,7 +429,10 @@ impl LlmModel {
     /// (`all = true`) or only the last, as a `(n, vocab)` f32 tensor on the CPU.
     fn forward(&self, cache: &mut KvCache, rope: &Rope, tokens: &[u32], pos: usize, all: bool) -> Result<Tensor> {
         // On the pool: called from outside it, decoding ran at half speed (see `kernels::on_pool`).
-        crate::kernels::on_pool(|| self.forward_on_pool(cache, rope, tokens, pos, all))
+        // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
+        // chunk's matmuls are long enough that keeping the workers awake only burns a core.
+        let keep_awake = tokens.len() == 1;
+        crate::kernels::on_pool(keep_awake, || self.forward_on_pool(cache, rope, tokens, pos, all))
     }
 
     fn forward_on_pool(

@@ -120,8 +120,11 @@ pub fn map_shared(path: &Path) -> Result<Arc<MappedFile>> {
         // SIGBUS when its lost pages are read, and one replaced (renamed over) would hand out the old
         // file's bytes under the new file's name. Otherwise map afresh; the old mapping lives on for
         // its users, and the registry tracks the new one.
-        if std::fs::metadata(&canonical)
-            .is_ok_and(|m| m.len() == existing.mmap.len() as u64 && same_file(&m, &existing))
+        // A mapping that already read lost pages (`damaged`) is never handed out again either: the file was
+        // truncated and written back (e.g. `cp` over it), so its length can match again.
+        if !existing.damaged()
+            && std::fs::metadata(&canonical)
+                .is_ok_and(|m| m.len() == existing.mmap.len() as u64 && same_file(&m, &existing))
         {
             return Ok(existing);
         }
