@@ -381,6 +381,7 @@ HOSTILE_TEMPLATES = {
     "macro-doubling": "{% macro f(s, n) %}{{ f(s ~ s, n - 1) if n else s | length }}{% endmacro %}{{ f('x', 60) }}",
     "terabyte-repeat": "{{ ('x' * (messages | length) * 10**12) | length }}",
     "endless-loop": "{% for i in range(10**9) %}{% for j in range(10**9) %}{% endfor %}{% endfor %}",
+    "repeated-list-join": "{% set a = 'x' * 10**6 %}{{ ([a] * 10**5) | join | length }}",
 }
 
 

@@ -89,6 +89,21 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.set_formatter(python_formatter);
         env.add_filter("tojson", tojson);
+        for (name, builtin, debug) in [
+            ("join", Value::from_function(minijinja::filters::join), false),
+            ("string", Value::from_function(minijinja::filters::string), false),
+            ("sum", Value::from_function(minijinja::filters::sum), false),
+            ("pprint", Value::from_function(minijinja::filters::pprint), true),
+        ] {
+            env.add_filter(name, move |state: &mut State, args: Rest<Value>, kwargs: Kwargs| {
+                pay_for_printing(state, args.first().unwrap_or(&Value::UNDEFINED), debug)?;
+                let mut args = args.0;
+                if kwargs.args().next().is_some() {
+                    args.push(Value::from(kwargs));
+                }
+                builtin.call(state, &args)
+            });
+        }
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         // Compile once now so that a broken template fails at load, not at the first chat. Compiling
@@ -181,6 +196,37 @@ impl io::Write for CappedWriter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Bytes of output one unit of fuel pays for (minijinja charges "about n * 64 bytes").
+const BYTES_PER_FUEL: u64 = 64;
+
+/// minijinja 3.1 charges fuel for the strings it builds, but not for printing a container: a list that
+/// holds one long string many times (`[s] * 10**6`, made lazily for no fuel) prints as gigabytes, and
+/// `join`, `string`, `sum` and `pprint` build exactly that. Before them, measure the printed size (stopping
+/// as soon as the remaining fuel cannot pay for it) and pay for it.
+fn pay_for_printing(state: &State, value: &Value, debug: bool) -> std::result::Result<(), minijinja::Error> {
+    struct Counter {
+        bytes: u64,
+        limit: u64,
+    }
+    impl std::fmt::Write for Counter {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.bytes += s.len() as u64;
+            if self.bytes > self.limit {
+                Err(std::fmt::Error)
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let remaining = state.fuel_levels().map_or(FUEL, |(_, remaining)| remaining);
+    let mut counter = Counter { bytes: 0, limit: remaining.saturating_mul(BYTES_PER_FUEL) };
+    let printed = if debug { write!(counter, "{value:#?}") } else { write!(counter, "{value}") };
+    if printed.is_err() {
+        return Err(minijinja::Error::new(ErrorKind::OutOfFuel, "the value is too large to print"));
+    }
+    state.consume_fuel(counter.bytes / BYTES_PER_FUEL)
 }
 
 /// The error `raise_exception` raises, found again by `render_error`.
@@ -850,6 +896,15 @@ mod tests {
             "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}";
         assert_quick_error(doubling, "fuel");
         assert_quick_error("{% set s = 'x' * 100000000 %}{{ s | length }}", "fuel");
+    }
+
+    #[test]
+    fn filters_that_pay_for_printing_keep_their_arguments() {
+        let source =
+            "{{ ['a','b']|join(', ') }}|{{ [{'x':1},{'x':2}]|join(attribute='x') }}|{{ ['a','b']|join(d='-') }}|\
+                      {{ [1,2]|sum(start=10) }}|{{ [{'p':2},{'p':3}]|sum(attribute='p') }}|{{ [1,'a']|string }}";
+        assert_eq!(render(source).unwrap(), "a, b|12|a-b|13|5|[1, 'a']");
+        assert_quick_error("{{ [1]|join(bogus=1) }}", "bogus");
     }
 
     #[test]

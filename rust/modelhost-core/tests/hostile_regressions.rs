@@ -203,7 +203,23 @@ fn hostile_template_string_doubling() {
         "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
     );
     assert_refused("{% macro f(s, n) %}{{ f(s ~ s, n - 1) if n else s|length }}{% endmacro %}{{ f('x', 40) }}");
-    assert_refused("{% set a = 'x' * 1000000 %}{% set b = [a] * 100000 %}{{ b|join|length }}");
+}
+
+/// A list holding one long string many times costs almost no fuel (`[a] * n` is lazy) but prints as
+/// gigabytes: the filters that print or concatenate containers pay for the printed size first.
+#[test]
+fn hostile_template_printing_a_repeated_list() {
+    for filter in ["join", "string", "pprint", "sum(start='')", "join(attribute='x')"] {
+        assert_refused(&format!("{{% set a = 'x' * 1000000 %}}{{{{ ([a] * 100000)|{filter}|length }}}}"));
+    }
+}
+
+/// Known gap: `~` on a container formats it inside minijinja with no fuel check (minijinja 3.1 charges
+/// the result only after it is built), and an operator cannot be replaced. See docs/reliability.md.
+#[test]
+#[ignore = "known: minijinja 3.1 does not pay for formatting a container in `~` (docs/reliability.md)"]
+fn hostile_template_concatenating_a_repeated_list() {
+    assert_refused("{% set a = 'x' * 1000000 %}{{ (([a] * 100000) ~ '')|length }}");
 }
 
 #[test]
