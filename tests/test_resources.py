@@ -213,27 +213,40 @@ _TRUNCATE_WHILE_LOADED = """
     import modelhost as mh
     from modelhost import _core
 
-    models = sys.argv[1]
+    models, try_mmap = sys.argv[1], sys.argv[2] == "True"
     path = os.path.join(models, "{key}", "{file}")
     client = mh.Client(models)
-    llm = client.llm.model("{key}", ttl=None, config={{"contextLength": 512}})
+    llm = client.llm.model("{key}", ttl=None, config={{"contextLength": 512, "tryMmap": try_mmap}})
     before = llm.complete("Hello", {{"maxTokens": 4, "temperature": 0}}).content
     # Another process truncates the file under us (the mapping stays).
     subprocess.run([sys.executable, "-c", "import os, sys; os.truncate(sys.argv[1], 1024)", path], check=True)
     assert os.path.getsize(path) == 1024
-    # Requests on the loaded instance: the weights were copied out, nothing reads the mapping.
-    after = llm.complete("Hello", {{"maxTokens": 4, "temperature": 0}}).content
-    assert after == before, (before, after)
+    if try_mmap:
+        # The quantized weights are read in place: the lost pages read as zeros, and every request says so.
+        for _ in range(2):
+            try:
+                llm.complete("Hello", {{"maxTokens": 4, "temperature": 0}})
+            except mh.ModelLoadError as e:
+                assert "{file}" in str(e) and "truncated" in str(e), e
+            else:
+                raise AssertionError("a request on truncated weights returned a result")
+    else:
+        # Owned weights: nothing reads the file any more.
+        after = llm.complete("Hello", {{"maxTokens": 4, "temperature": 0}}).content
+        assert after == before, (before, after)
+        llm.respond("Hi", {{"maxTokens": 2}})
     assert llm.tokenize("Hello world") == [19556, 905]
-    llm.respond("Hi", {{"maxTokens": 2}})
     # A second instance: served from the shared weights, or refused cleanly; never SIGBUS.
     try:
-        second = client.llm.load_new_instance("{key}", config={{"contextLength": 512}})
+        second = client.llm.load_new_instance("{key}", config={{"contextLength": 512, "tryMmap": try_mmap}})
     except mh.ModelLoadError as e:
         assert "{file}" in str(e), e
         print("second: ModelLoadError:", e)
     else:
-        assert second.complete("Hello", {{"maxTokens": 2}}).stats.predicted_tokens_count == 2
+        try:
+            assert second.complete("Hello", {{"maxTokens": 2}}).stats.predicted_tokens_count == 2
+        except mh.ModelLoadError:
+            assert try_mmap
         print("second: loaded")
         second.unload()
     # model() by key: the loaded instance, or (the catalog re-reads the changed file) a clean ModelLoadError.
@@ -257,17 +270,18 @@ _TRUNCATE_WHILE_LOADED = """
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("try_mmap", [True])
+@pytest.mark.parametrize("try_mmap", [True, False])
 def test_gguf_truncated_while_mapped(models_dir: Path, tmp_path: Path, try_mmap: bool) -> None:
-    """SmolLM2, copied into a tmp models dir, loaded, then truncated to 1 kB by another process: requests keep
-    working, a second load is served from the shared weights or fails with ModelLoadError, unload is clean. Run in a
-    subprocess so that a SIGBUS fails this test instead of killing pytest."""
+    """SmolLM2, copied into a tmp models dir, loaded, then truncated to 1 kB by another process. Mapped (weights used
+    in place): every request fails with ModelLoadError instead of SIGBUS. Owned (tryMmap false): requests keep
+    working. Either way a second load is refused cleanly or served, and unload is clean. In a subprocess, so that a
+    SIGBUS fails this test instead of killing pytest."""
     copy = tmp_path / "models" / LLM_KEY / LLM_FILE
     copy.parent.mkdir(parents=True)
     copy.write_bytes(llm_path(models_dir).read_bytes())  # a real copy: truncating a hard link would hit the original
     script = _TRUNCATE_WHILE_LOADED.format(key=LLM_KEY, file=LLM_FILE)
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), str(tmp_path / "models")],
+        [sys.executable, "-c", textwrap.dedent(script), str(tmp_path / "models"), str(try_mmap)],
         capture_output=True,
         text=True,
         timeout=100,

@@ -721,7 +721,7 @@ fn materialise(
         if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
             for chunk in src.chunks(LOAD_CHUNK) {
                 if mapped && index != sparse {
-                    touch_pages(chunk);
+                    weights::populate(chunk);
                 }
                 progress.advance(chunk.len() as u64)?;
             }
@@ -741,31 +741,6 @@ fn materialise(
         }
     }
     Ok((out, any_view))
-}
-
-/// Fault a mapped range into the page tables, so the first request does not: one
-/// `madvise(MADV_POPULATE_READ)` (Linux 5.14+), else one read per page.
-fn touch_pages(bytes: &[u8]) {
-    const PAGE: usize = 4096;
-    #[cfg(target_os = "linux")]
-    {
-        let start = bytes.as_ptr() as usize;
-        let aligned = start - start % PAGE;
-        // SAFETY: the range lies in a live read-only file mapping (rounded down to its page, which
-        // the same mapping starts at or before); POPULATE_READ only fills page tables and changes
-        // neither the mapping nor its contents.
-        let rc = unsafe {
-            libc::madvise(aligned as *mut libc::c_void, bytes.len() + (start - aligned), libc::MADV_POPULATE_READ)
-        };
-        if rc == 0 {
-            return;
-        }
-    }
-    let mut acc = 0u8;
-    for i in (0..bytes.len()).step_by(PAGE) {
-        acc ^= bytes[i];
-    }
-    std::hint::black_box(acc);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -2,7 +2,12 @@
 //! is scalar), done as ggml does them: activations quantized to 8 bits per 32-block, integer dot
 //! products with AVX2, f32 accumulation, rows split over threads.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use half::f16;
+
+use crate::weights::MappedFile;
 
 /// Elements per quantization block.
 pub const BLOCK: usize = 32;
@@ -68,10 +73,18 @@ struct BlockQ8 {
     qs: [i8; BLOCK],
 }
 
+/// Where a matrix's blocks live.
+enum Blocks {
+    Owned(Vec<u8>),
+    /// In place in the file's mapping, which this keeps alive: no copy at load, and the pages are the
+    /// page cache's. The kernels read blocks with unaligned loads, so any offset will do.
+    Mapped(Arc<MappedFile>, Range<usize>),
+}
+
 /// A quantized weight matrix of `rows × cols` in ggml's block layout.
 pub struct QuantMatrix {
     kind: QuantKind,
-    data: Vec<u8>,
+    blocks: Blocks,
     rows: usize,
     cols: usize,
 }
@@ -79,11 +92,26 @@ pub struct QuantMatrix {
 impl QuantMatrix {
     /// Copy the raw bytes of a GGUF tensor with ggml dims `[cols, rows]`; `None` if the sizes disagree.
     pub fn new(kind: QuantKind, data: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        Self::check_size(kind, data.len(), rows, cols)?;
+        Some(QuantMatrix { kind, blocks: Blocks::Owned(data.to_vec()), rows, cols })
+    }
+
+    /// Use the tensor at `range` of a mapped file in place; `None` if the sizes disagree.
+    pub fn mapped(
+        kind: QuantKind,
+        file: Arc<MappedFile>,
+        range: Range<usize>,
+        rows: usize,
+        cols: usize,
+    ) -> Option<Self> {
+        file.bytes().get(range.clone())?;
+        Self::check_size(kind, range.len(), rows, cols)?;
+        Some(QuantMatrix { kind, blocks: Blocks::Mapped(file, range), rows, cols })
+    }
+
+    fn check_size(kind: QuantKind, len: usize, rows: usize, cols: usize) -> Option<()> {
         let expected = rows.checked_mul(cols / BLOCK)?.checked_mul(kind.block_bytes())?;
-        if !cols.is_multiple_of(BLOCK) || data.len() != expected {
-            return None;
-        }
-        Some(QuantMatrix { kind, data: data.to_vec(), rows, cols })
+        (cols.is_multiple_of(BLOCK) && len == expected).then_some(())
     }
 
     /// Output rows.
@@ -96,15 +124,23 @@ impl QuantMatrix {
         self.cols
     }
 
+    /// Whether the blocks are read in place from a file mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.blocks, Blocks::Mapped(..))
+    }
+
     /// All the raw blocks.
     pub fn bytes(&self) -> &[u8] {
-        &self.data
+        match &self.blocks {
+            Blocks::Owned(v) => v,
+            Blocks::Mapped(file, range) => &file.bytes()[range.clone()],
+        }
     }
 
     /// The raw blocks of row `r`.
     pub fn row_bytes(&self, r: usize) -> &[u8] {
         let len = self.cols / BLOCK * self.kind.block_bytes();
-        &self.data[r * len..(r + 1) * len]
+        &self.bytes()[r * len..(r + 1) * len]
     }
 
     /// `x` is `(m, cols)` row-major; returns `(m, rows)` = x · Wᵀ.
@@ -118,9 +154,9 @@ impl QuantMatrix {
         let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
         let mut y = vec![0f32; m * self.rows];
         let (n, y_ptr) = (self.rows, y.as_mut_ptr() as usize);
-        let row_len = nb * self.kind.block_bytes();
-        let work = |rows: std::ops::Range<usize>| {
-            let w = &self.data[rows.start * row_len..rows.end * row_len];
+        let (row_len, data) = (nb * self.kind.block_bytes(), self.bytes());
+        let work = |rows: Range<usize>| {
+            let w = &data[rows.start * row_len..rows.end * row_len];
             let mut out = [0f32; ROWS_PER_TASK * ROW_TILE];
             // The task's weight rows against ROW_TILE activation rows at a time: the rows stay in L1.
             for i0 in (0..m).step_by(ROW_TILE) {

@@ -194,6 +194,8 @@ impl TokenEmbeddings {
 
 /// A loaded llama model: weights, tokenizer and chat template, shared by all instances of one file.
 pub struct LlmModel {
+    /// Declared first, so the pages are unlocked before the weights go (fields drop in order).
+    locked: Option<LockedPages>,
     /// Model hyper-parameters.
     pub params: LlamaParams,
     /// The tokenizer built from the GGUF metadata.
@@ -207,10 +209,9 @@ pub struct LlmModel {
     /// Weight bytes held in memory.
     pub weights_bytes: u64,
     path: PathBuf,
-    // Keeps the file's shared mapping alive for as long as the model (SPEC §4).
-    _mapping: Option<Arc<weights::MappedFile>>,
-    // Declared last: unlocks after nothing else needs the pages (fields drop in order).
-    locked: Option<LockedPages>,
+    /// Keeps the file's shared mapping alive for as long as the model (SPEC §4); quantized matrices
+    /// used in place read from it, and every pass checks it is still intact.
+    mapping: Option<Arc<weights::MappedFile>>,
 }
 
 /// Weight pages locked in RAM (`keepModelInMemory`), unlocked on drop.
@@ -238,7 +239,7 @@ impl LockedPages {
 impl Drop for LockedPages {
     fn drop(&mut self) {
         for &(ptr, len) in &self.0 {
-            // SAFETY: unlocking a range we locked; the memory is still allocated (the model drops after).
+            // SAFETY: unlocking a range we locked; the memory is still allocated (`locked` drops first).
             unsafe { libc::munlock(ptr as *const libc::c_void, len) };
         }
     }
@@ -254,6 +255,9 @@ impl std::fmt::Debug for LlmModel {
 fn tensor<'h>(h: &'h GgufHeader, path: &Path, name: &str) -> Result<&'h TensorInfo> {
     h.tensor(name).ok_or_else(|| Error::load(path, format!("tensor {name} is missing")))
 }
+
+/// Bytes populated (and reported to progress) at a time when a tensor is used in place.
+const POPULATE_CHUNK: usize = 4 << 20;
 
 struct Loader<'a, 'p, 'q> {
     header: &'a GgufHeader,
@@ -288,10 +292,22 @@ impl Loader<'_, '_, '_> {
         };
         if let Some(kind) = kind.filter(|_| device.is_cpu() && info.dims == expect) {
             weights::check_unchanged(self.bytes)?;
-            let data = &self.bytes.as_slice()[info.offset..info.offset + info.size];
-            let w = QuantMatrix::new(kind, data, expect[1], expect[0])
-                .ok_or_else(|| Error::load(self.path, format!("tensor {name}: size does not match its shape")))?;
-            self.chunks.advance(info.size as u64)?;
+            let range = info.offset..info.offset + info.size;
+            let w = match self.bytes {
+                // In place: no copy, and the pages stay the page cache's (shared with other processes).
+                FileBytes::Mapped(file) => {
+                    for chunk in file.bytes()[range.clone()].chunks(POPULATE_CHUNK) {
+                        weights::populate(chunk); // so the first token does not fault them in
+                        self.chunks.advance(chunk.len() as u64)?;
+                    }
+                    QuantMatrix::mapped(kind, file.clone(), range, expect[1], expect[0])
+                }
+                FileBytes::Owned(bytes) => {
+                    self.chunks.advance(info.size as u64)?;
+                    QuantMatrix::new(kind, &bytes[range], expect[1], expect[0])
+                }
+            };
+            let w = w.ok_or_else(|| Error::load(self.path, format!("tensor {name}: size does not match its shape")))?;
             return Ok(Linear::Quant(Arc::new(w)));
         }
         Ok(Linear::Candle(QMatMul::from_qtensor(self.qtensor(name, expect, device)?)?))
@@ -303,8 +319,10 @@ impl Loader<'_, '_, '_> {
 }
 
 impl LlmModel {
-    /// Load a GGUF file: the header is validated first, then tensors are copied out of the mapping
-    /// (or the owned read) one by one, reporting progress over `[base, 1)` of the bar.
+    /// Load a GGUF file: the header is validated first, then tensors are materialised one by one,
+    /// reporting progress over `[base, 1)` of the bar. Q4_1/Q8_0 matrices on the CPU are used in place
+    /// from the mapping (their pages faulted in now); other tensors, and everything read with
+    /// `tryMmap: false`, are copied.
     pub fn load(
         path: &Path,
         header: &GgufHeader,
@@ -372,9 +390,13 @@ impl LlmModel {
             )?)?)
         };
         weights::check_intact(bytes)?; // a truncation during the copies above read zeros
+        let linears = || blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
+        let in_place = linears().chain([&table, &output]).any(|l| matches!(l, Linear::Quant(m) if m.is_mapped()));
         let mapping = match bytes {
             FileBytes::Mapped(m) => {
-                m.release_pages();
+                if !in_place {
+                    m.release_pages(); // everything was copied out
+                }
                 Some(m.clone())
             }
             FileBytes::Owned(_) => None,
@@ -390,7 +412,7 @@ impl LlmModel {
             output,
             output_device,
             path: path.to_path_buf(),
-            _mapping: mapping,
+            mapping,
             locked: None,
         };
         if keep_in_memory {
@@ -432,7 +454,10 @@ impl LlmModel {
         // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
         // chunk's matmuls are long enough that keeping the workers awake only burns a core.
         let keep_awake = tokens.len() == 1;
-        crate::kernels::on_pool(keep_awake, || self.forward_on_pool(cache, rope, tokens, pos, all))
+        let logits = crate::kernels::on_pool(keep_awake, || self.forward_on_pool(cache, rope, tokens, pos, all))?;
+        // Weights read in place from a truncated file read as zeros: fail rather than return garbage.
+        self.mapping.as_ref().map_or(Ok(()), |m| m.check_intact())?;
+        Ok(logits)
     }
 
     fn forward_on_pool(
@@ -901,15 +926,46 @@ struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
 }
 
+/// Zeros whose pages are resident now, as SPEC §5's "allocated up front" means: the memory is
+/// really taken at load (and counted in RSS, as the estimate says) rather than faulted in during
+/// generation. A large `vec![0; n]` is fresh zero pages from the kernel, so this only faults them in:
+/// one `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+), else one write per page.
+fn resident_zeros(n: usize) -> Vec<f32> {
+    const PAGE_FLOATS: usize = 4096 / std::mem::size_of::<f32>();
+    let mut v = vec![0f32; n];
+    #[cfg(target_os = "linux")]
+    {
+        let (start, len) = (v.as_mut_ptr() as usize, std::mem::size_of_val(v.as_slice()));
+        let aligned = start - start % 4096;
+        // SAFETY: the range covers our own live allocation (rounded down to its first page, which the
+        // allocation shares with nothing we could harm: POPULATE_WRITE only faults pages in, contents
+        // unchanged).
+        let rc =
+            unsafe { libc::madvise(aligned as *mut libc::c_void, len + (start - aligned), libc::MADV_POPULATE_WRITE) };
+        if rc == 0 {
+            return v;
+        }
+    }
+    for i in (0..n).step_by(PAGE_FLOATS) {
+        // SAFETY: in bounds; volatile so the store of a zero into zeroed memory is not optimised away.
+        unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 0.0) };
+    }
+    v
+}
+
 impl KvCache {
     fn new(devices: &[Device], n_kv: usize, ctx: usize, hd: usize) -> Result<Self> {
         let layers = devices
             .iter()
             .map(|d| {
-                // `ones * 0` writes every page, unlike `zeros`, whose pages the OS hands out lazily.
-                let k = (Tensor::ones((n_kv, ctx, hd), DType::F32, d)? * 0.0)?;
-                let v = (Tensor::ones((n_kv, ctx, hd), DType::F32, d)? * 0.0)?;
-                Ok((k, v))
+                let shape = (n_kv, ctx, hd);
+                if d.is_cpu() {
+                    let k = Tensor::from_vec(resident_zeros(n_kv * ctx * hd), shape, d)?;
+                    let v = Tensor::from_vec(resident_zeros(n_kv * ctx * hd), shape, d)?;
+                    Ok((k, v))
+                } else {
+                    Ok((Tensor::zeros(shape, DType::F32, d)?, Tensor::zeros(shape, DType::F32, d)?))
+                }
             })
             .collect::<Result<_>>()?;
         Ok(KvCache { layers })

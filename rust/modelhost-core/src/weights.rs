@@ -75,6 +75,22 @@ impl MappedFile {
         &self.path
     }
 
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap
+    }
+
+    /// `Err` naming the file if a read found pages it lost to a truncation (see `damaged`).
+    pub fn check_intact(&self) -> Result<()> {
+        if self.damaged() {
+            return Err(Error::load(
+                &self.path,
+                "the file was truncated on disk while in use; unload this model and load it again",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a read found pages the file lost to a truncation (they read as zeros since): everything
     /// computed from this mapping since it was made is suspect.
     pub fn damaged(&self) -> bool {
@@ -159,11 +175,8 @@ pub fn mapped_file_count() -> usize {
 /// Check, after reading mapped pages, that none of them was lost to a truncation of the file.
 pub fn check_intact(bytes: &FileBytes) -> Result<()> {
     match bytes {
-        FileBytes::Mapped(m) if m.damaged() => Err(Error::load(
-            &m.path,
-            "the file was truncated on disk while in use; unload this model and load it again",
-        )),
-        _ => Ok(()),
+        FileBytes::Mapped(m) => m.check_intact(),
+        FileBytes::Owned(_) => Ok(()),
     }
 }
 
@@ -180,6 +193,31 @@ pub fn check_unchanged(bytes: &FileBytes) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Fault a mapped range into the page tables, so the first request does not: one
+/// `madvise(MADV_POPULATE_READ)` (Linux 5.14+), else one read per page.
+pub fn populate(bytes: &[u8]) {
+    const PAGE: usize = 4096;
+    #[cfg(target_os = "linux")]
+    {
+        let start = bytes.as_ptr() as usize;
+        let aligned = start - start % PAGE;
+        // SAFETY: the range lies in a live read-only file mapping (rounded down to its page, which
+        // the same mapping starts at or before); POPULATE_READ only fills page tables and changes
+        // neither the mapping nor its contents.
+        let rc = unsafe {
+            libc::madvise(aligned as *mut libc::c_void, bytes.len() + (start - aligned), libc::MADV_POPULATE_READ)
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+    let mut acc = 0u8;
+    for i in (0..bytes.len()).step_by(PAGE) {
+        acc ^= bytes[i];
+    }
+    std::hint::black_box(acc);
 }
 
 /// Read a whole file into owned memory in chunks, reporting progress over `[0, weight)` of the bar.
