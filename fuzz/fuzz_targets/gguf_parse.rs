@@ -11,7 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz.gguf");
     let full = gguf::parse(data, path);
     let summary = gguf::parse_summary(data, path);
-    assert_eq!(full.is_ok(), summary.is_ok(), "parse and parse_summary disagree");
+    // The summary checks everything but the UTF-8 of array strings, which only the full parse reads.
+    match (&full, &summary) {
+        (Ok(_), Err(e)) => panic!("parse_summary refused what parse accepted: {e}"),
+        (Err(e), Ok(_)) => assert!(e.to_string().contains("UTF-8"), "parse_summary accepted: {e}"),
+        _ => {}
+    }
     if let Ok(header) = full {
         let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(header.tensors.len());
         for t in &header.tensors {

@@ -247,18 +247,48 @@ impl<'a> Reader<'a> {
     /// A length or count, checked against a hard cap and against the bytes left
     /// (each item needs at least `min_item_bytes`).
     fn count(&mut self, what: &str, min_item_bytes: usize) -> ParseResult<usize> {
+        self.count_of(what, "", min_item_bytes)
+    }
+
+    /// `count` for `what` + `suffix`, joined only for the error message (this runs once per string of a
+    /// 50k-token vocabulary).
+    fn count_of(&mut self, what: &str, suffix: &str, min_item_bytes: usize) -> ParseResult<usize> {
         let n = self.u64(what)?;
         let fits = n <= MAX_LEN && n.saturating_mul(min_item_bytes as u64) <= self.remaining() as u64;
         if !fits {
-            return Err(format!("{what} {n} is larger than the {} bytes left in the file", self.remaining()));
+            return Err(format!("{what}{suffix} {n} is larger than the {} bytes left in the file", self.remaining()));
         }
         Ok(n as usize)
     }
 
-    fn string(&mut self, what: &str) -> ParseResult<String> {
-        let len = self.count(&format!("{what} length"), 1)?;
+    /// A length-prefixed UTF-8 string, borrowed from the header bytes.
+    fn str(&mut self, what: &str) -> ParseResult<&'a str> {
+        let len = self.count_of(what, " length", 1)?;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} at offset {} is not valid UTF-8", self.pos - len))
+        std::str::from_utf8(bytes).map_err(|_| format!("{what} at offset {} is not valid UTF-8", self.pos - len))
+    }
+
+    fn string(&mut self, what: &str) -> ParseResult<String> {
+        self.str(what).map(str::to_owned)
+    }
+
+    /// Step over an array of `n` items without keeping them: the summary's path through vocabularies
+    /// and merges (100k strings in SmolLM2). Lengths and bounds are checked; the strings' UTF-8 is
+    /// checked when the model loads (a full `parse`), not for a listing.
+    fn skip_array(&mut self, item_type: u32, n: usize, depth: u32) -> ParseResult<()> {
+        match item_type {
+            8 => (0..n).try_for_each(|_| {
+                let len = self.count_of("string", " length", 1)?;
+                self.take(len, "string").map(drop)
+            }),
+            // Bools (checked to be 0 or 1) and nested arrays (skipped the same way) go through `value`.
+            7 | 9 => (0..n).try_for_each(|_| self.value(item_type, depth).map(drop)),
+            // Every other type is a fixed-size number: its minimum size is its size.
+            _ => {
+                let size = value_min_size(item_type).ok_or_else(|| format!("unknown array value type {item_type}"))?;
+                self.take(n * size, "array").map(drop) // `count` checked that n * size fits
+            }
+        }
     }
 
     fn value(&mut self, type_id: u32, depth: u32) -> ParseResult<Value> {
@@ -281,14 +311,16 @@ impl<'a> Reader<'a> {
                     return Err(format!("arrays nested deeper than {MAX_NESTING}"));
                 }
                 let item_type = self.u32("array type")?;
-                let min_item = value_min_size(item_type).ok_or(format!("unknown array value type {item_type}"))?;
+                let min_item =
+                    value_min_size(item_type).ok_or_else(|| format!("unknown array value type {item_type}"))?;
                 let n = self.count("array length", min_item)?;
-                let mut items = Vec::with_capacity(if self.keep_arrays { n } else { 0 });
+                if !self.keep_arrays {
+                    self.skip_array(item_type, n, depth + 1)?;
+                    return Ok(Value::Array(Vec::new()));
+                }
+                let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let item = self.value(item_type, depth + 1)?;
-                    if self.keep_arrays {
-                        items.push(item);
-                    }
+                    items.push(self.value(item_type, depth + 1)?);
                 }
                 Value::Array(items)
             }
@@ -318,7 +350,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
     parse_inner(bytes, true).map_err(|reason| Error::load(path, reason))
 }
 
-/// Like `parse`, with every check, but metadata arrays (vocabularies, merges) come back empty.
+/// Like `parse`, but metadata arrays (vocabularies, merges) are stepped over and come back empty:
+/// every count, length and offset is still checked, the UTF-8 of array strings is not (`parse` does).
 pub fn parse_summary(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
     parse_inner(bytes, false).map_err(|reason| Error::load(path, reason))
 }
@@ -378,7 +411,7 @@ fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
             dims.push(usize::try_from(d).map_err(|_| format!("tensor {name:?} dimension {d} too large"))?);
         }
         let type_id = r.u32("tensor type")?;
-        let dtype = dtype_from_id(type_id).ok_or(format!("tensor {name:?} has unknown type {type_id}"))?;
+        let dtype = dtype_from_id(type_id).ok_or_else(|| format!("tensor {name:?} has unknown type {type_id}"))?;
         let rel_offset = r.u64("tensor offset")?;
         if !names.insert(name.clone()) {
             return Err(format!("duplicate tensor name {name:?}"));
@@ -394,7 +427,7 @@ fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
             .dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-            .ok_or(format!("tensor {:?}: element count overflows", t.name))?;
+            .ok_or_else(|| format!("tensor {:?}: element count overflows", t.name))?;
         let block = t.dtype.block_size() as u64;
         if !(t.dims[0] as u64).is_multiple_of(block) {
             return Err(format!(
@@ -407,7 +440,7 @@ fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
         }
         let size = (numel / block)
             .checked_mul(t.dtype.type_size() as u64)
-            .ok_or(format!("tensor {:?}: byte size overflows", t.name))?;
+            .ok_or_else(|| format!("tensor {:?}: byte size overflows", t.name))?;
         if t.rel_offset % alignment != 0 {
             return Err(format!("tensor {:?}: offset {} is not aligned to {alignment}", t.name, t.rel_offset));
         }

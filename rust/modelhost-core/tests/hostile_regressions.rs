@@ -20,7 +20,12 @@ fn check_gguf(data: &[u8]) {
     let path = Path::new("fuzz.gguf");
     let full = gguf::parse(data, path);
     let summary = gguf::parse_summary(data, path);
-    assert_eq!(full.is_ok(), summary.is_ok(), "parse and parse_summary disagree");
+    // The summary checks everything but the UTF-8 of array strings, which only the full parse reads.
+    match (&full, &summary) {
+        (Ok(_), Err(e)) => panic!("parse_summary refused what parse accepted: {e}"),
+        (Err(e), Ok(_)) => assert!(e.to_string().contains("UTF-8"), "parse_summary accepted: {e}"),
+        _ => {}
+    }
     match full {
         Ok(header) => {
             let mut ranges: Vec<(usize, usize)> = Vec::new();
