@@ -697,34 +697,27 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Make the weights usable: views where the bytes are f32, little-endian and aligned (touching their
-/// pages chunk by chunk when mapped), converted copies elsewhere; progress after every chunk.
-/// `sparse` is the tensor read a few rows per request (the word embeddings, half of MiniLM's bytes):
-/// its pages are left to fault in as rows are used.
+/// Make the weights usable: views where the bytes are f32, little-endian and aligned, converted
+/// copies elsewhere; progress after every view and every converted chunk.
 fn materialise(
     bytes: &FileBytes,
     path: &Path,
     wanted: &[&SafeTensorInfo],
-    sparse: usize,
     progress: &mut ChunkedLoad<'_, '_>,
 ) -> Result<(Vec<Weight>, bool)> {
     let data = bytes.as_slice();
-    let mapped = matches!(bytes, FileBytes::Mapped(_));
     let mut out = Vec::with_capacity(wanted.len());
     let mut any_view = false;
-    for (index, info) in wanted.iter().enumerate() {
+    for info in wanted {
         let range = info.offset..info.offset + info.size;
         // In range: the header was validated against these very bytes.
         let src =
             data.get(range.clone()).ok_or_else(|| Error::load(path, format!("tensor {:?} out of range", info.name)))?;
         let aligned = (src.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>());
         if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
-            for chunk in src.chunks(LOAD_CHUNK) {
-                if mapped && index != sparse {
-                    weights::populate(chunk);
-                }
-                progress.advance(chunk.len() as u64)?;
-            }
+            // Used in place; the pages fault in on first use (prefaulting them here with
+            // MADV_POPULATE_READ was measured slower than the kernel's fault-around, load + first embed).
+            progress.advance(src.len() as u64)?;
             any_view = true;
             out.push(Weight::View(range));
         } else {
@@ -991,7 +984,7 @@ fn load_weights(folder: &Folder, try_mmap: bool, progress: &mut Progress<'_>) ->
     let total: u64 = planner.wanted.iter().map(|t| t.size as u64).sum();
     weights::check_unchanged(&bytes)?;
     let mut chunks = ChunkedLoad::new(progress, total, base, 1.0 - base);
-    let (mut loaded, any_view) = materialise(&bytes, path, &planner.wanted, plan.embeddings[0], &mut chunks)?;
+    let (mut loaded, any_view) = materialise(&bytes, path, &planner.wanted, &mut chunks)?;
     if let (FileBytes::Mapped(m), false) = (&bytes, any_view) {
         // Everything was converted into owned memory: the mapped pages are no longer needed.
         m.release_pages();
