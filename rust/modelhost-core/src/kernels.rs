@@ -1,6 +1,7 @@
 //! Quantized matrix products for the weight types candle runs slowly on the CPU (its Q4_1 dot product
 //! is scalar), done as ggml does them: activations quantized to 8 bits per 32-block, integer dot
-//! products with AVX2, f32 accumulation, rows split over threads.
+//! products (AVX2, or AVX-VNNI where the CPU has it), f32 accumulation, rows split over rayon's
+//! workers, and `on_pool` to run a whole forward pass on those workers.
 
 use std::ops::Range;
 use std::sync::Arc;
