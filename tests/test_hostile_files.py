@@ -382,6 +382,8 @@ HOSTILE_TEMPLATES = {
     "terabyte-repeat": "{{ ('x' * (messages | length) * 10**12) | length }}",
     "endless-loop": "{% for i in range(10**9) %}{% for j in range(10**9) %}{% endfor %}{% endfor %}",
     "repeated-list-join": "{% set a = 'x' * 10**6 %}{{ ([a] * 10**5) | join | length }}",
+    "repeated-list-concat": "{% set a = 'x' * 10**6 %}{{ (([a] * 10**5) ~ '') | length }}",
+    "repeated-list-format": "{% set a = 'x' * 10**6 %}{{ ('%s' | format([a] * 10**5)) | length }}",
 }
 
 

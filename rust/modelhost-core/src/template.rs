@@ -136,17 +136,32 @@ impl ChatTemplate {
             tools => (),
         };
         let mut out = CappedWriter { buf: Vec::new(), exceeded: false };
+        // Formatting a container is not paid for by fuel: bound it by what the fuel could pay for
+        // (our patched minijinja, vendor/README.md). Restored whatever happens, panics included.
+        struct DisplayBudget(Option<u64>);
+        impl Drop for DisplayBudget {
+            fn drop(&mut self) {
+                minijinja::value::set_display_budget(self.0);
+            }
+        }
+        let budget = DisplayBudget(minijinja::value::set_display_budget(Some(FUEL * BYTES_PER_FUEL)));
         let rendered = catch_unwind(AssertUnwindSafe(|| {
             // Compiling again is cheap next to a forward pass and keeps this struct free of
             // self-references (a minijinja Template borrows its Environment).
             let template = self.env.template_from_named_str(TEMPLATE_NAME, &self.source)?;
             template.render_captured_to(ctx, &mut out).map(|_| ())
         }));
+        let formatted_too_much = minijinja::value::display_budget_exhausted();
+        drop(budget);
         match rendered {
             Ok(Ok(())) => String::from_utf8(out.buf)
                 .map_err(|_| Error::InvalidConfig("chat template: rendered output is not UTF-8".into())),
             Ok(Err(_)) if out.exceeded => Err(Error::InvalidConfig(format!(
                 "chat template: the rendered prompt is longer than {MAX_OUTPUT_BYTES} bytes"
+            ))),
+            Ok(Err(_)) | Err(_) if formatted_too_much => Err(Error::InvalidConfig(format!(
+                "chat template: ran out of fuel ({FUEL} units of instructions and memory): it formats a value \
+                 larger than the render could pay for"
             ))),
             Ok(Err(e)) => Err(render_error(&e)),
             Err(_) => Err(panicked()),
