@@ -82,7 +82,7 @@ with lms.Client(sys.argv[1]) as client:
         estimate = client.llm.estimate(LLM_KEY, {"contextLength": ctx}).total_bytes
         before = rss_bytes()
         llm = client.llm.model(LLM_KEY, ttl=None, config={"contextLength": ctx})
-        # Mapped weights fault in on first use (as llama.cpp's do): measure a model that has run.
+        # Measure a model that has run: its first pass adds the working buffers the estimate counts.
         llm.complete("Hi", config={"maxTokens": 1})
         out.append((ctx, estimate, rss_bytes() - before))
         llm.unload()

@@ -715,8 +715,9 @@ fn materialise(
             data.get(range.clone()).ok_or_else(|| Error::load(path, format!("tensor {:?} out of range", info.name)))?;
         let aligned = (src.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>());
         if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
-            // Used in place; the pages fault in on first use (prefaulting them here with
-            // MADV_POPULATE_READ was measured slower than the kernel's fault-around, load + first embed).
+            // Used in place; the pages fault in on first use. Unlike the LLM's, these are not read in
+            // at load: half are the word embeddings, read a few rows per request, and prefaulting the
+            // rest measured slower than the kernel's fault-around (load + first embed, warm or cold).
             progress.advance(src.len() as u64)?;
             any_view = true;
             out.push(Weight::View(range));
