@@ -183,10 +183,7 @@ fn is_alias(alias: &str, key: &str) -> bool {
 }
 
 fn describe_gguf(c: &Candidate, size: u64) -> Result<CatalogEntry> {
-    let (file, _) = crate::weights::open_model_file(&c.path)?;
-    // SAFETY: read-only map, dropped before returning; only the header pages are touched.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(&c.path, e.to_string()))?;
-    let h = gguf::parse_summary(&map, &c.path)?;
+    let h = gguf::read_summary(&c.path)?;
     let arch = h.get("general.architecture").and_then(Value::as_str).unwrap_or("unknown").to_string();
     let (params, quantization) = llm::describe(&h);
     let max_ctx = h.arch_get("context_length").and_then(Value::as_u64).unwrap_or(0) as usize;

@@ -345,6 +345,16 @@ fn value_min_size(type_id: u32) -> Option<usize> {
     })
 }
 
+/// `parse_summary` of the file at `path`, through a temporary read-only map: only the header's pages
+/// are read, whatever the file's size.
+pub fn read_summary(path: &Path) -> Result<GgufHeader> {
+    let (file, _) = crate::weights::open_model_file(path)?;
+    // SAFETY: read-only map, dropped before returning; only the header pages are touched. A file
+    // truncated meanwhile can raise SIGBUS here: the window is one header parse (the catalog's).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(path, e.to_string()))?;
+    parse_summary(&map, path)
+}
+
 /// Parse and validate a GGUF file's header; `bytes` is the whole file.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<GgufHeader> {
     parse_inner(bytes, true).map_err(|reason| Error::load(path, reason))

@@ -352,12 +352,7 @@ fn mapped_file_count() -> usize {
 /// Parse and validate a GGUF header (metadata arrays elided).
 #[pyfunction]
 fn parse_gguf_header(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyAny>> {
-    let header = py
-        .detach(|| -> modelhost_core::Result<_> {
-            let bytes = std::fs::read(&path).map_err(|e| Error::load(&path, e.to_string()))?;
-            modelhost_core::gguf::parse_summary(&bytes, &path)
-        })
-        .wrap()?;
+    let header = py.detach(|| modelhost_core::gguf::read_summary(&path)).wrap()?;
     convert::header_to_py(py, &header)
 }
 
