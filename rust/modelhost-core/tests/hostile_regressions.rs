@@ -164,6 +164,22 @@ fn template_corpus_replays_and_the_seeds_render() {
     assert!(seeds >= 4 && rendered >= seeds - 1, "{rendered} of {seeds} template seeds render");
 }
 
+/// Inputs the fuzzer flagged as slow (10 s timeouts under AddressSanitizer on a starved core: exponential
+/// macro recursion). Fuel must stop them in well under a second in a release build.
+#[test]
+fn fuzz_flagged_slow_templates_stop_quickly() {
+    let slow: Vec<_> = corpus("chat_template")
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains("fuzz-regressions") && p.to_string_lossy().contains("slow"))
+        .collect();
+    assert!(!slow.is_empty(), "the slow-template regressions are missing");
+    for (path, bytes) in slow {
+        let start = std::time::Instant::now();
+        check_template(&bytes);
+        assert!(start.elapsed().as_secs_f64() < 2.0, "{} took {:?}", path.display(), start.elapsed());
+    }
+}
+
 // --- hostile templates: bounded -------------------------------------------------------------------
 
 fn assert_bounded(src: &str) {
