@@ -100,3 +100,48 @@ def test_estimate_matches_the_rss_a_load_adds(models_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     for ctx, estimate, grown in json.loads(done.stdout):
         assert abs(estimate - grown) <= 0.10 * grown, (ctx, estimate, grown)
+
+
+LOCKS = """
+import os, shutil, sys
+import modelhost as lms
+from helpers import LLM_FILE, LLM_KEY, llm_path
+from pathlib import Path
+
+def locked_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmLck:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmLck")
+
+models = Path(sys.argv[1])
+copy = models / LLM_KEY / LLM_FILE
+copy.parent.mkdir(parents=True)
+shutil.copyfile(llm_path(Path(sys.argv[2])), copy)
+with lms.Client(str(models)) as client:
+    a = client.llm.load_new_instance(LLM_KEY, "a", config={"keepModelInMemory": True, "contextLength": 256})
+    assert locked_mib() > 80, locked_mib()
+    os.utime(copy, (1, 1))  # same file, new mtime: a second model, sharing the first one's mapping
+    b = client.llm.load_new_instance(LLM_KEY, "b", config={"keepModelInMemory": True, "contextLength": 256})
+    a.unload()
+    assert locked_mib() > 80, ("unloading one model unlocked the other's pages", locked_mib())
+    assert b.complete("Hi", config={"maxTokens": 2}).content is not None
+    b.unload()
+    assert locked_mib() < 1, locked_mib()
+print("ok")
+"""
+
+
+def test_keep_model_in_memory_locks_are_counted_on_a_shared_mapping(models_dir: Path, tmp_path: Path) -> None:
+    """keepModelInMemory locks the weights' pages (VmLck); two models reading one mapping in place each hold a
+    count, so unloading one does not unlock the other's pages. In a fresh interpreter, to read VmLck alone."""
+    here = Path(__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-c", LOCKS, str(tmp_path / "models"), str(models_dir)],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")

@@ -349,10 +349,17 @@ fn value_min_size(type_id: u32) -> Option<usize> {
 /// are read, whatever the file's size.
 pub fn read_summary(path: &Path) -> Result<GgufHeader> {
     let (file, _) = crate::weights::open_model_file(path)?;
-    // SAFETY: read-only map, dropped before returning; only the header pages are touched. A file
-    // truncated meanwhile can raise SIGBUS here: the window is one header parse (the catalog's).
+    // SAFETY: read-only map, dropped before returning; only the header pages are touched, under the
+    // SIGBUS guard (a file truncated meanwhile reads as zeros and is reported below).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(path, e.to_string()))?;
-    parse_summary(&map, path)
+    #[cfg(target_os = "linux")]
+    let guard = crate::sigbus::Guard::new(map.as_ptr(), map.len());
+    let header = parse_summary(&map, path);
+    #[cfg(target_os = "linux")]
+    if guard.is_some_and(|g| g.damaged()) {
+        return Err(Error::load(path, "the file was truncated while its header was read"));
+    }
+    header
 }
 
 /// Parse and validate a GGUF file's header; `bytes` is the whole file.

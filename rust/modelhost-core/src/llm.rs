@@ -194,8 +194,9 @@ impl TokenEmbeddings {
 
 /// A loaded llama model: weights, tokenizer and chat template, shared by all instances of one file.
 pub struct LlmModel {
-    /// Declared first, so the pages are unlocked before the weights go (fields drop in order).
-    locked: Option<LockedPages>,
+    /// Declared first, so the pages are unlocked before the weights go (fields drop in order): our own
+    /// copies, and our count on the shared mapping's lock.
+    locked: Option<(LockedPages, Option<weights::PageLock>)>,
     /// Model hyper-parameters.
     pub params: LlamaParams,
     /// The tokenizer built from the GGUF metadata.
@@ -218,22 +219,24 @@ pub struct LlmModel {
 struct LockedPages(Vec<(usize, usize)>);
 
 impl LockedPages {
-    fn lock(regions: &[&[u8]]) -> Result<Self> {
+    fn lock(regions: &[&[u8]]) -> std::io::Result<Self> {
         let mut locked = LockedPages(Vec::with_capacity(regions.len()));
         for r in regions.iter().filter(|r| !r.is_empty()) {
             // SAFETY: the region is a live allocation owned by the model, which outlives this lock.
             if unsafe { libc::mlock(r.as_ptr().cast(), r.len()) } != 0 {
-                let err = std::io::Error::last_os_error();
-                let total: usize = regions.iter().map(|r| r.len()).sum();
-                return Err(Error::InvalidConfig(format!(
-                    "keepModelInMemory: cannot lock {total} bytes of weights in RAM ({err}); raise the \
-                     memlock limit (ulimit -l) or set keepModelInMemory to false"
-                )));
+                return Err(std::io::Error::last_os_error()); // `locked` unlocks what it holds
             }
             locked.0.push((r.as_ptr() as usize, r.len()));
         }
         Ok(locked)
     }
+}
+
+fn keep_in_memory_error(err: std::io::Error) -> Error {
+    Error::InvalidConfig(format!(
+        "keepModelInMemory: cannot lock the weights in RAM ({err}); raise the memlock limit (ulimit -l) or set \
+         keepModelInMemory to false"
+    ))
 }
 
 impl Drop for LockedPages {
@@ -418,17 +421,25 @@ impl LlmModel {
             locked: None,
         };
         if keep_in_memory {
-            model.locked = Some(LockedPages::lock(&model.weight_regions()?)?);
+            // Weights used in place are pages of the shared mapping, which other models of the same file
+            // may lock too: lock them through it (counted), and only our own copies here.
+            let mapping_lock = match (&model.mapping, in_place) {
+                (Some(m), true) => Some(m.lock_pages().map_err(keep_in_memory_error)?),
+                _ => None,
+            };
+            let own = LockedPages::lock(&model.weight_regions()?).map_err(keep_in_memory_error)?;
+            model.locked = Some((own, mapping_lock));
         }
         Ok(model)
     }
 
-    /// The big weight buffers (quantized matrices), for page locking.
+    /// The big weight buffers this model owns (quantized matrices not read in place), for page locking.
     fn weight_regions(&self) -> Result<Vec<&[u8]>> {
         let mut out = Vec::new();
         let linears = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
         for l in linears.chain([&self.output]) {
             match l {
+                Linear::Quant(m) if m.is_mapped() => {}
                 Linear::Quant(m) => out.push(m.bytes()),
                 Linear::Candle(QMatMul::QTensor(q)) => {
                     if let std::borrow::Cow::Borrowed(b) = q.data()? {

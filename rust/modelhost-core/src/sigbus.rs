@@ -4,8 +4,9 @@
 //! the interpreter. Each mapping registers its address range here; on a SIGBUS inside one, the handler
 //! maps anonymous zero pages over the rest of that range, marks the mapping as damaged and returns, so
 //! the faulting read completes (with zeros). The code that read the mapping checks `damaged` afterwards
-//! and fails the request with a clear error. A SIGBUS anywhere else goes to the handler that was
-//! installed before ours (Python's faulthandler, say) or to the default action.
+//! and fails the request with a clear error. A SIGBUS anywhere else is handed back: the handler that was
+//! installed before ours (Python's faulthandler, say), or the default action, is restored and the fault
+//! happens again under it.
 //!
 //! The handler only reads atomics and calls `mmap`, `sigaction` and `raise`, which are system calls.
 
@@ -17,15 +18,36 @@ const SLOTS: usize = 1024;
 
 struct Slot {
     used: AtomicBool,
-    /// First and one-past-last address; `start == 0` while the slot is being filled or emptied.
+    /// A sequence lock over `start` and `end`: odd while they change, so the handler never pairs one
+    /// registration's start with another's end.
+    version: AtomicUsize,
+    /// First and one-past-last address; `start == 0` while the slot is free.
     start: AtomicUsize,
     end: AtomicUsize,
     damaged: AtomicBool,
 }
 
+impl Slot {
+    fn set(&self, start: usize, end: usize) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        self.start.store(start, Ordering::SeqCst);
+        self.end.store(end, Ordering::SeqCst);
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The registered range, if it was read whole.
+    fn range(&self) -> Option<(usize, usize)> {
+        let before = self.version.load(Ordering::SeqCst);
+        let (start, end) = (self.start.load(Ordering::SeqCst), self.end.load(Ordering::SeqCst));
+        let whole = before.is_multiple_of(2) && self.version.load(Ordering::SeqCst) == before;
+        (whole && start != 0).then_some((start, end))
+    }
+}
+
 #[allow(clippy::declare_interior_mutable_const)] // a template for the array below
 const EMPTY: Slot = Slot {
     used: AtomicBool::new(false),
+    version: AtomicUsize::new(0),
     start: AtomicUsize::new(0),
     end: AtomicUsize::new(0),
     damaged: AtomicBool::new(false),
@@ -51,9 +73,8 @@ impl Guard {
             .iter()
             .position(|s| s.used.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
         let s = &TABLE[slot];
-        s.damaged.store(false, Ordering::Relaxed);
-        s.end.store(end, Ordering::Release);
-        s.start.store(start as usize, Ordering::Release);
+        s.damaged.store(false, Ordering::SeqCst);
+        s.set(start as usize, end);
         Some(Guard { slot })
     }
 
@@ -66,8 +87,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let s = &TABLE[self.slot];
-        s.start.store(0, Ordering::Release);
-        s.end.store(0, Ordering::Release);
+        s.set(0, 0);
         s.used.store(false, Ordering::Release);
     }
 }
@@ -113,19 +133,20 @@ fn install() -> bool {
     }
 }
 
-extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    for s in &TABLE {
-        let start = s.start.load(Ordering::Acquire);
-        if start == 0 || addr < start {
-            continue;
-        }
-        let end = s.end.load(Ordering::Acquire);
-        if addr < end {
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    // A fault the kernel raised (si_code > 0) inside one of our mappings: zero pages over the lost tail.
+    if code > 0 {
+        for s in &TABLE {
+            let Some((start, end)) = s.range() else { continue };
+            if addr < start || addr >= end {
+                continue;
+            }
             let page = addr & !(page_size() - 1);
-            // SAFETY: [page, end) lies inside a live read-only mapping that we own (the slot is
-            // registered); replacing its lost tail with zero pages is what makes the read safe to retry.
+            // SAFETY: [page, end) lies inside a live read-only mapping that we own (its slot was read
+            // whole, and it unregisters before unmapping); replacing its lost tail with zero pages is
+            // what makes the read safe to retry.
             let mapped = unsafe {
                 libc::mmap(
                     page as *mut libc::c_void,
@@ -137,35 +158,27 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                 )
             };
             if mapped != libc::MAP_FAILED {
-                s.damaged.store(true, Ordering::Release);
+                s.damaged.store(true, Ordering::SeqCst);
                 return;
             }
         }
     }
-    // Not ours: hand it to whoever handled SIGBUS before us, or die as the default action does.
+    // Not ours: put back what handled SIGBUS before us and let it happen again under that. A fault re-runs
+    // when we return; a signal someone sent is sent again. Calling the previous handler from here instead
+    // would loop with faulthandler, which re-raises after restoring *its* previous handler (ours).
     let previous = PREVIOUS.load(Ordering::Acquire);
-    // SAFETY: `previous` is null or a leaked, never-freed sigaction; calling the previous handler the way
-    // it was registered (with or without SA_SIGINFO) is what the kernel would have done.
+    // SAFETY: `previous` is null or a leaked, never-freed sigaction; plain sigaction and raise calls.
     unsafe {
-        if !previous.is_null() {
-            let prev = &*previous;
-            let handler = prev.sa_sigaction;
-            if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
-                if prev.sa_flags & libc::SA_SIGINFO != 0 {
-                    let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                        std::mem::transmute(handler);
-                    f(sig, info, ctx);
-                } else {
-                    let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
-                    f(sig);
-                }
-                return;
-            }
+        if previous.is_null() {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
+        } else {
+            libc::sigaction(libc::SIGBUS, previous, std::ptr::null_mut());
         }
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(libc::SIGBUS, &default, std::ptr::null_mut());
-        libc::raise(sig);
+        if code <= 0 {
+            libc::raise(sig);
+        }
     }
 }
 

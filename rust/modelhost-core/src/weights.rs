@@ -46,6 +46,24 @@ pub struct MappedFile {
     mmap: Mmap,
     /// (device, inode) of the file when it was mapped.
     identity: (u64, u64),
+    /// How many `PageLock`s hold the pages locked (`mlock` does not nest: the last one unlocks).
+    locks: Mutex<usize>,
+}
+
+/// The pages of a whole mapping locked in RAM (`keepModelInMemory` for weights used in place); counted,
+/// so that models sharing the mapping do not unlock each other's pages.
+#[derive(Debug)]
+pub struct PageLock(Arc<MappedFile>);
+
+impl Drop for PageLock {
+    fn drop(&mut self) {
+        let mut n = self.0.locks.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            // SAFETY: unlocking the live mapping we locked (this lock holds it alive).
+            unsafe { libc::munlock(self.0.mmap.as_ptr().cast(), self.0.mmap.len()) };
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -78,6 +96,17 @@ impl MappedFile {
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.mmap
+    }
+
+    /// Lock the whole mapping's pages in RAM until the returned lock (and every other) is dropped.
+    pub fn lock_pages(self: &Arc<Self>) -> std::io::Result<PageLock> {
+        let mut n = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: locking a live read-only mapping of ours; only residency changes.
+        if *n == 0 && unsafe { libc::mlock(self.mmap.as_ptr().cast(), self.mmap.len()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        *n += 1;
+        Ok(PageLock(self.clone()))
     }
 
     /// `Err` naming the file if a read found pages it lost to a truncation (see `damaged`).
@@ -158,6 +187,7 @@ pub fn map_shared(path: &Path) -> Result<Arc<MappedFile>> {
         guard: crate::sigbus::Guard::new(mmap.as_ptr(), mmap.len()),
         mmap,
         identity,
+        locks: Mutex::new(0),
     });
     reg.retain(|_, w| w.strong_count() > 0);
     reg.insert(canonical, Arc::downgrade(&mapped));
@@ -342,6 +372,24 @@ mod tests {
         p.start().unwrap();
         let err = (0..100).try_for_each(|i| p.update(i as f32 / 100.0)).unwrap_err();
         assert!(matches!(err, Error::Cancelled(_)));
+    }
+
+    #[test]
+    fn page_locks_on_a_shared_mapping_are_counted() {
+        let dir = std::env::temp_dir().join(format!("mh-locks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.bin");
+        std::fs::write(&path, vec![1u8; 64 << 10]).unwrap();
+        let map = map_shared(&path).unwrap();
+        let count = || *map.locks.lock().unwrap();
+        let (a, b) = (map.lock_pages().unwrap(), map.lock_pages().unwrap());
+        assert_eq!(count(), 2);
+        drop(a); // one model unloads: the other's pages stay locked
+        assert_eq!(count(), 1);
+        drop(b);
+        assert_eq!(count(), 0);
+        drop(map);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

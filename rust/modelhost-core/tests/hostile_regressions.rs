@@ -198,7 +198,7 @@ fn assert_refused(src: &str) {
     let start = std::time::Instant::now();
     let result = ChatTemplate::new(src, "<s>", "</s>").and_then(|t| t.render(&chat, true));
     assert!(matches!(result, Err(Error::InvalidConfig(_))), "{src}: {result:?}");
-    assert!(start.elapsed().as_secs() < 10, "{src} took {:?}", start.elapsed());
+    assert!(start.elapsed().as_secs() < 20, "{src} took {:?}", start.elapsed());
 }
 
 #[test]
@@ -241,6 +241,9 @@ fn hostile_template_printing_a_repeated_list() {
 fn hostile_template_formatting_a_repeated_list() {
     assert_refused("{% set a = 'x' * 1000000 %}{{ (([a] * 100000) ~ '')|length }}");
     assert_refused("{% set a = 'x' * 1000000 %}{{ ('%s'|format([a] * 100000))|length }}");
+    // Small items, many of them: numbers pay their printed length too.
+    assert_refused("{{ (([[0] * 100000000] * 100) ~ '')|length }}");
+    assert_refused("{{ (([[none] * 100000000] * 100) ~ '')|length }}");
     let tenfold = "{% set l = l+l+l+l+l+l+l+l+l+l %}";
     assert_refused(&format!(
         "{{% set a = 'x' * 1000000 %}}{{% set l = [a,a,a,a,a,a,a,a,a,a] %}}{}{{{{ (l ~ '')|length }}}}",

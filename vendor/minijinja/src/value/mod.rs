@@ -976,51 +976,73 @@ impl Ord for Value {
 
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> Result<(), std::fmt::Error> {
-        // modelhost patch: containers format their items with `Debug`, so strings count here too.
-        match self.0 {
-            ValueRepr::String(ref val, _) => spend_display_budget(val.len())?,
-            ValueRepr::SmallStr(ref val) => spend_display_budget(val.as_str().len())?,
-            ValueRepr::Bytes(ref val) => spend_display_budget(val.len())?,
-            _ => {}
-        }
+        // modelhost patch: containers format their items with `Debug`, so items pay here too.
+        spend_display_budget(self.printed_len_estimate())?;
         fmt::Debug::fmt(&self.0, f)
     }
 }
 
 // modelhost patch (see vendor/README.md): a per-thread budget for the bytes that formatting values may
 // write. Fuel pays for the strings a render builds, but not for formatting a container, so a list that
-// holds one long string many times formats as gigabytes (with `~`, `format`, string arguments, ...).
-// Every string formatted through `Display` or `Debug` counts against the budget; past it, formatting fails.
+// holds one long string (or many numbers) many times formats as gigabytes (with `~`, `format`, string
+// arguments, ...). Every value formatted through `Display` or `Debug` pays its printed length plus three
+// bytes (the quotes and separator around a container's item); past the budget, formatting fails.
 thread_local!(static DISPLAY_BUDGET: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) });
+thread_local!(static DISPLAY_REFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
 
-/// Limits the bytes of strings that `Display` of values may write on this thread from now on (`None`:
-/// no limit). Returns the previous setting. Past the limit, formatting returns `fmt::Error`, which
-/// `to_string()` and `format!` turn into a panic: callers catch it.
+/// Limits the bytes that `Display`/`Debug` of values may write on this thread from now on (`None`: no
+/// limit), and clears the refused flag. Returns the previous limit. Past the limit, formatting returns
+/// `fmt::Error`, which `to_string()` and `format!` turn into a panic: callers catch it.
 pub fn set_display_budget(bytes: Option<u64>) -> Option<u64> {
+    DISPLAY_REFUSED.with(|r| r.set(false));
     DISPLAY_BUDGET.with(|b| b.replace(bytes))
 }
 
-/// Whether the display budget of this thread was exhausted (it is `Some(0)` after a refusal).
+/// Whether formatting was refused on this thread since the budget was last set.
 pub fn display_budget_exhausted() -> bool {
-    DISPLAY_BUDGET.with(|b| b.get() == Some(0))
+    DISPLAY_REFUSED.with(|r| r.get())
 }
 
 fn spend_display_budget(n: usize) -> fmt::Result {
+    // Plus the quotes and the separator a container writes around an item.
+    let n = n as u64 + 3;
     DISPLAY_BUDGET.with(|b| match b.get() {
         None => Ok(()),
-        Some(left) if left >= n as u64 && left > 0 => {
-            b.set(Some(left - n as u64));
+        Some(left) if left >= n => {
+            b.set(Some(left - n));
             Ok(())
         }
         Some(_) => {
-            b.set(Some(0));
+            DISPLAY_REFUSED.with(|r| r.set(true));
             Err(fmt::Error)
         }
     })
 }
 
+impl Value {
+    /// About how many bytes formatting this value itself writes (a container's items pay for
+    /// themselves as they are formatted).
+    fn printed_len_estimate(&self) -> usize {
+        fn digits(v: u128) -> usize {
+            v.checked_ilog10().map_or(1, |d| d as usize + 1)
+        }
+        match self.0 {
+            ValueRepr::String(ref val, _) => val.len(),
+            ValueRepr::SmallStr(ref val) => val.as_str().len(),
+            ValueRepr::Bytes(ref val) => val.len(),
+            ValueRepr::U64(val) => digits(val as u128),
+            ValueRepr::I64(val) => digits(val.unsigned_abs() as u128) + 1,
+            ValueRepr::U128(val) => digits(val.0),
+            ValueRepr::I128(val) => digits(val.0.unsigned_abs()) + 1,
+            ValueRepr::F64(_) => 24,
+            _ => 5,
+        }
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        spend_display_budget(self.printed_len_estimate())?;
         match self.0 {
             ValueRepr::Undefined(..) => Ok(()),
             ValueRepr::Bool(val) => f.write_str(if val { "True" } else { "False" }),
@@ -1042,18 +1064,9 @@ impl fmt::Display for Value {
             ValueRepr::None => f.write_str("None"),
             ValueRepr::Invalid(ref val) => write!(f, "<invalid value: {val}>"),
             ValueRepr::I128(val) => write!(f, "{}", { val.0 }),
-            ValueRepr::String(ref val, _) => {
-                spend_display_budget(val.len())?;
-                write!(f, "{val}")
-            }
-            ValueRepr::SmallStr(ref val) => {
-                spend_display_budget(val.as_str().len())?;
-                write!(f, "{}", val.as_str())
-            }
-            ValueRepr::Bytes(ref val) => {
-                spend_display_budget(val.len())?;
-                write!(f, "{}", String::from_utf8_lossy(val))
-            }
+            ValueRepr::String(ref val, _) => write!(f, "{val}"),
+            ValueRepr::SmallStr(ref val) => write!(f, "{}", val.as_str()),
+            ValueRepr::Bytes(ref val) => write!(f, "{}", String::from_utf8_lossy(val)),
             ValueRepr::U128(val) => write!(f, "{}", { val.0 }),
             ValueRepr::Object(ref x) => write!(f, "{x}"),
         }
