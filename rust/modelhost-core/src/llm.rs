@@ -395,15 +395,8 @@ impl LlmModel {
             )?)?)
         };
         weights::check_intact(bytes)?; // a truncation during the copies above read zeros
-        let linears = || blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
-        let in_place = linears().chain([&table, &output]).any(|l| matches!(l, Linear::Quant(m) if m.is_mapped()));
         let mapping = match bytes {
-            FileBytes::Mapped(m) => {
-                if !in_place {
-                    m.release_pages(); // everything was copied out
-                }
-                Some(m.clone())
-            }
+            FileBytes::Mapped(m) => Some(m.clone()),
             FileBytes::Owned(_) => None,
         };
         let mut model = LlmModel {
@@ -420,6 +413,10 @@ impl LlmModel {
             mapping,
             locked: None,
         };
+        let in_place = model.reads_in_place();
+        if let (Some(m), false) = (&model.mapping, in_place) {
+            m.release_pages(); // everything was copied out
+        }
         if keep_in_memory {
             // Weights used in place are pages of the shared mapping, which other models of the same file
             // may lock too: lock them through it (counted), and only our own copies here.
@@ -433,11 +430,22 @@ impl LlmModel {
         Ok(model)
     }
 
+    /// Every weight matrix: each block's seven, then the output head.
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        let blocks = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
+        blocks.chain([&self.output])
+    }
+
+    /// Whether any weights are read in place from the file's mapping (so its pages must stay).
+    fn reads_in_place(&self) -> bool {
+        let table = matches!(&self.embeddings, TokenEmbeddings::Quant(m, _) if m.is_mapped());
+        table || self.linears().any(|l| matches!(l, Linear::Quant(m) if m.is_mapped()))
+    }
+
     /// The big weight buffers this model owns (quantized matrices not read in place), for page locking.
     fn weight_regions(&self) -> Result<Vec<&[u8]>> {
         let mut out = Vec::new();
-        let linears = self.blocks.iter().flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]);
-        for l in linears.chain([&self.output]) {
+        for l in self.linears() {
             match l {
                 Linear::Quant(m) if m.is_mapped() => {}
                 Linear::Quant(m) => out.push(m.bytes()),
@@ -944,24 +952,12 @@ struct KvCache {
 /// generation. A large `vec![0; n]` is fresh zero pages from the kernel, so this only faults them in:
 /// one `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+), else one write per page.
 fn resident_zeros(n: usize) -> Vec<f32> {
-    const PAGE_FLOATS: usize = 4096 / std::mem::size_of::<f32>();
     let mut v = vec![0f32; n];
-    #[cfg(target_os = "linux")]
-    {
-        let (start, len) = (v.as_mut_ptr() as usize, std::mem::size_of_val(v.as_slice()));
-        let aligned = start - start % 4096;
-        // SAFETY: the range covers our own live allocation (rounded down to its first page, which the
-        // allocation shares with nothing we could harm: POPULATE_WRITE only faults pages in, contents
-        // unchanged).
-        let rc =
-            unsafe { libc::madvise(aligned as *mut libc::c_void, len + (start - aligned), libc::MADV_POPULATE_WRITE) };
-        if rc == 0 {
-            return v;
+    if !weights::prefault(v.as_ptr().cast(), std::mem::size_of_val(v.as_slice()), true) {
+        for i in (0..n).step_by(weights::PAGE / std::mem::size_of::<f32>()) {
+            // SAFETY: in bounds; volatile so the store of a zero into zeroed memory is not optimised away.
+            unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 0.0) };
         }
-    }
-    for i in (0..n).step_by(PAGE_FLOATS) {
-        // SAFETY: in bounds; volatile so the store of a zero into zeroed memory is not optimised away.
-        unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 0.0) };
     }
     v
 }

@@ -228,26 +228,37 @@ pub fn check_unchanged(bytes: &FileBytes) -> Result<()> {
 /// Read a mapped range in and fault it into the page tables, so the first request does not: one
 /// `madvise(MADV_POPULATE_READ)` (Linux 5.14+), else one read per page.
 pub fn populate(bytes: &[u8]) {
-    const PAGE: usize = 4096;
-    #[cfg(target_os = "linux")]
-    {
-        let start = bytes.as_ptr() as usize;
-        let aligned = start - start % PAGE;
-        // SAFETY: the range lies in a live read-only file mapping (rounded down to its page, which
-        // the same mapping starts at or before); POPULATE_READ only fills page tables and changes
-        // neither the mapping nor its contents.
-        let rc = unsafe {
-            libc::madvise(aligned as *mut libc::c_void, bytes.len() + (start - aligned), libc::MADV_POPULATE_READ)
-        };
-        if rc == 0 {
-            return;
-        }
+    if prefault(bytes.as_ptr(), bytes.len(), false) {
+        return;
     }
     let mut acc = 0u8;
     for i in (0..bytes.len()).step_by(PAGE) {
         acc ^= bytes[i];
     }
     std::hint::black_box(acc);
+}
+
+/// Bytes per page for the prefault fallbacks (the smallest page size; a larger one only touches more).
+pub(crate) const PAGE: usize = 4096;
+
+/// Fault in the pages of `len` bytes at `start` with one `madvise` (`MADV_POPULATE_WRITE` if `write`,
+/// else `MADV_POPULATE_READ`; Linux 5.14+). `false` where that is unavailable: the caller then touches
+/// each page itself.
+pub(crate) fn prefault(start: *const u8, len: usize, write: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let start = start as usize;
+        let aligned = start - start % PAGE;
+        let advice = if write { libc::MADV_POPULATE_WRITE } else { libc::MADV_POPULATE_READ };
+        // SAFETY: the caller's range is live memory of ours (rounded down to its first page, which it
+        // shares with nothing it could harm); POPULATE_* only faults pages in, contents unchanged.
+        unsafe { libc::madvise(aligned as *mut libc::c_void, len + (start - aligned), advice) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (start, len, write);
+        false
+    }
 }
 
 /// Read a whole file into owned memory in chunks, reporting progress over `[0, weight)` of the bar.
