@@ -216,10 +216,16 @@ impl DotTile {
     fn detect(kind: QuantKind) -> Self {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         {
-            if std::env::var_os("MODELHOST_NO_VNNI").is_none() && is_x86_feature_detected!("avxvnni") {
-                return DotTile::AvxVnni(kind);
+            // Decided once per process (this runs for every matmul). MODELHOST_NO_VNNI=1 forces the AVX2
+            // kernels, for comparisons.
+            static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            let vnni = *VNNI
+                .get_or_init(|| std::env::var_os("MODELHOST_NO_VNNI").is_none() && is_x86_feature_detected!("avxvnni"));
+            if vnni {
+                DotTile::AvxVnni(kind)
+            } else {
+                DotTile::Avx2(kind)
             }
-            DotTile::Avx2(kind)
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
         DotTile::Scalar(kind)
