@@ -30,9 +30,7 @@ pub type WordPieceTokenizer =
 #[derive(Clone)]
 pub struct WordPiece {
     /// Every token, back to back.
-    text: String,
-    /// `text[start..end]` of each id.
-    spans: Vec<(u32, u32)>,
+    vocab: Vocab,
     /// Ids, found by hashing their token's text.
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
@@ -43,14 +41,13 @@ pub struct WordPiece {
 
 impl std::fmt::Debug for WordPiece {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WordPiece").field("tokens", &self.spans.len()).field("unk_token", &self.unk_token).finish()
+        f.debug_struct("WordPiece").field("tokens", &self.vocab.len()).field("unk_token", &self.unk_token).finish()
     }
 }
 
 impl WordPiece {
     fn token(&self, id: u32) -> Option<&str> {
-        let &(start, end) = self.spans.get(id as usize)?;
-        Some(&self.text[start as usize..end as usize])
+        ((id as usize) < self.vocab.len()).then(|| self.vocab.token(id))
     }
 
     fn id(&self, token: &str) -> Option<u32> {
@@ -108,11 +105,11 @@ impl Model for WordPiece {
     }
 
     fn get_vocab(&self) -> HashMap<String, u32> {
-        (0..self.spans.len() as u32).filter_map(|id| Some((self.token(id)?.to_owned(), id))).collect()
+        (0..self.vocab.len() as u32).map(|id| (self.vocab.token(id).to_owned(), id)).collect()
     }
 
     fn get_vocab_size(&self) -> usize {
-        self.spans.len()
+        self.vocab.len()
     }
 
     fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
@@ -200,26 +197,25 @@ impl<'de> Visitor<'de> for ModelVisitor {
         let missing = |field| de::Error::missing_field(field);
         let vocab = vocab.ok_or_else(|| missing("vocab"))?;
         let hasher = DefaultHashBuilder::default();
-        let mut index = HashTable::with_capacity(vocab.spans.len());
-        for id in 0..vocab.spans.len() as u32 {
-            let (start, end) = vocab.spans[id as usize];
-            let token = &vocab.text[start as usize..end as usize];
-            let hash = hasher.hash_one(token);
-            let same = |&other: &u32| {
-                let (s, e) = vocab.spans[other as usize];
-                &vocab.text[s as usize..e as usize] == token
-            };
-            if index.find(hash, same).is_some() {
-                return Err(de::Error::custom("a token appears twice in the vocabulary"));
+        let mut index = HashTable::with_capacity(vocab.len());
+        for id in 0..vocab.len() as u32 {
+            let token = vocab.token(id);
+            let entry = index.entry(
+                hasher.hash_one(token),
+                |&other| vocab.token(other) == token,
+                |&other| hasher.hash_one(vocab.token(other)),
+            );
+            match entry {
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    return Err(de::Error::custom("a token appears twice in the vocabulary"));
+                }
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(id);
+                }
             }
-            index.insert_unique(hash, id, |&other| {
-                let (s, e) = vocab.spans[other as usize];
-                hasher.hash_one(&vocab.text[s as usize..e as usize])
-            });
         }
         Ok(WordPiece {
-            text: vocab.text,
-            spans: vocab.spans,
+            vocab,
             index,
             hasher,
             unk_token: unk.ok_or_else(|| missing("unk_token"))?,
@@ -230,9 +226,23 @@ impl<'de> Visitor<'de> for ModelVisitor {
 }
 
 /// The `vocab` object: every token appended to one string, its span stored at its id.
+#[derive(Clone)]
 struct Vocab {
     text: String,
+    /// `text[start..end]` of each id.
     spans: Vec<(u32, u32)>,
+}
+
+impl Vocab {
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The token of `id`; `id` must be below `len()`.
+    fn token(&self, id: u32) -> &str {
+        let (start, end) = self.spans[id as usize];
+        &self.text[start as usize..end as usize]
+    }
 }
 
 impl<'de> Deserialize<'de> for Vocab {
