@@ -89,14 +89,12 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.set_formatter(python_formatter);
         env.add_filter("tojson", tojson);
-        for (name, builtin, debug) in [
-            ("join", Value::from_function(minijinja::filters::join), false),
-            ("string", Value::from_function(minijinja::filters::string), false),
-            ("sum", Value::from_function(minijinja::filters::sum), false),
-            ("pprint", Value::from_function(minijinja::filters::pprint), true),
+        for (name, builtin) in [
+            ("join", Value::from_function(minijinja::filters::join)),
+            ("sum", Value::from_function(minijinja::filters::sum)),
         ] {
             env.add_filter(name, move |state: &mut State, args: Rest<Value>, kwargs: Kwargs| {
-                pay_for_printing(state, args.first().unwrap_or(&Value::UNDEFINED), debug)?;
+                pay_for_printing(state, args.first().unwrap_or(&Value::UNDEFINED))?;
                 let mut args = args.0;
                 if kwargs.args().next().is_some() {
                     args.push(Value::from(kwargs));
@@ -217,10 +215,11 @@ impl io::Write for CappedWriter {
 const BYTES_PER_FUEL: u64 = 64;
 
 /// minijinja 3.1 charges fuel for the strings it builds, but not for printing a container: a list that
-/// holds one long string many times (`[s] * 10**6`, made lazily for no fuel) prints as gigabytes, and
-/// `join`, `string`, `sum` and `pprint` build exactly that. Before them, measure the printed size (stopping
-/// as soon as the remaining fuel cannot pay for it) and pay for it.
-fn pay_for_printing(state: &State, value: &Value, debug: bool) -> std::result::Result<(), minijinja::Error> {
+/// holds one long string many times (`[s] * 10**6`, made lazily for no fuel) prints as gigabytes.
+/// Formatting it is bounded by the display budget (`render`), but `join` and `sum` concatenate the items
+/// without formatting the list: before them, measure the printed size (stopping as soon as the remaining
+/// fuel cannot pay for it), which bounds what they build, and pay for it.
+fn pay_for_printing(state: &State, value: &Value) -> std::result::Result<(), minijinja::Error> {
     struct Counter {
         bytes: u64,
         limit: u64,
@@ -237,8 +236,7 @@ fn pay_for_printing(state: &State, value: &Value, debug: bool) -> std::result::R
     }
     let remaining = state.fuel_levels().map_or(FUEL, |(_, remaining)| remaining);
     let mut counter = Counter { bytes: 0, limit: remaining.saturating_mul(BYTES_PER_FUEL) };
-    let printed = if debug { write!(counter, "{value:#?}") } else { write!(counter, "{value}") };
-    if printed.is_err() {
+    if write!(counter, "{value}").is_err() {
         return Err(minijinja::Error::new(ErrorKind::OutOfFuel, "the value is too large to print"));
     }
     state.consume_fuel(counter.bytes / BYTES_PER_FUEL)

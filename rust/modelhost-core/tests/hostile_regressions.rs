@@ -227,7 +227,8 @@ fn hostile_template_string_doubling() {
 }
 
 /// A list holding one long string many times costs almost no fuel (`[a] * n` is lazy) but prints as
-/// gigabytes: the filters that print or concatenate containers pay for the printed size first.
+/// gigabytes: `join` and `sum` pay for the printed size first; `string` and `pprint` format it, which the
+/// display budget bounds.
 #[test]
 fn hostile_template_printing_a_repeated_list() {
     for filter in ["join", "string", "pprint", "sum(start='')", "join(attribute='x')"] {
