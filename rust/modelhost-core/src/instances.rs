@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -105,6 +105,8 @@ pub struct Instance {
     context_length: usize,
     seed: Option<u64>,
     weights_id: usize,
+    loaded_by: LoadedBy,
+    no_hup: bool,
     activity: Mutex<Activity>,
     queue: FifoQueue,
     engine: Engine,
@@ -145,8 +147,8 @@ type SharedKey = (PathBuf, u64, Option<SystemTime>, bool, bool, Vec<(String, Str
 #[derive(Default)]
 struct State {
     instances: Vec<Arc<Instance>>,
-    /// Model keys being loaded by `model()`: later callers wait instead of loading again.
-    loading: HashSet<String>,
+    /// Model files being loaded by `model()`: later callers wait instead of loading again.
+    loading: HashSet<PathBuf>,
     reserved_ids: HashSet<String>,
     reserved_bytes: u64,
     loads_in_progress: usize,
@@ -181,8 +183,6 @@ impl State {
 }
 
 struct Inner {
-    catalog: Catalog,
-    options: HostOptions,
     state: Mutex<State>,
     /// Wakes the TTL thread and `model()` callers waiting for a load.
     changed: Condvar,
@@ -195,10 +195,94 @@ impl Inner {
     }
 }
 
-/// The catalog plus the instance table. Dropping it unloads everything and joins the TTL thread.
-pub struct Host {
+/// An instance table and its TTL thread; the last `Host` viewing it closes it (unloads everything, joins the thread).
+struct Table {
     inner: Arc<Inner>,
     ttl_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Table {
+    fn start() -> Result<Arc<Self>> {
+        let inner = Arc::new(Inner { state: Mutex::new(State::default()), changed: Condvar::new() });
+        let weak = Arc::downgrade(&inner);
+        let handle = std::thread::Builder::new()
+            .name("modelhost-ttl".into())
+            .spawn(move || ttl_loop(weak))
+            .map_err(|e| Error::InvalidConfig(format!("cannot start the TTL thread: {e}")))?;
+        Ok(Arc::new(Table { inner, ttl_thread: Mutex::new(Some(handle)) }))
+    }
+
+    /// The table every non-isolated host of the process views (SPEC §4: one host per process). It lives as
+    /// long as the process, so an instance loaded with `no_hup` outlives the client that loaded it.
+    fn process() -> Result<Arc<Self>> {
+        static PROCESS_TABLE: Mutex<Option<Arc<Table>>> = Mutex::new(None);
+        let mut table = lock(&PROCESS_TABLE);
+        if let Some(t) = table.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = Table::start()?;
+        *table = Some(t.clone());
+        Ok(t)
+    }
+
+    /// Unload everything and stop the TTL thread. Idempotent; requests in flight finish first.
+    fn close(&self) {
+        let victims = {
+            let mut st = lock(&self.inner.state);
+            st.closed = true;
+            self.inner.notify(&mut st);
+            std::mem::take(&mut st.instances)
+        };
+        for v in &victims {
+            v.mark_unloaded("the client was closed");
+        }
+        drop(victims);
+        if let Some(h) = lock(&self.ttl_thread).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Who loaded an instance: a client's `close()` unloads only what it loaded itself (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadedBy {
+    /// A client, by its id: an in-process `Client`, or a remote one through the HTTP lifecycle API.
+    Client(String),
+    /// The HTTP server: a just-in-time load, or its load route.
+    Server,
+    /// The command-line tool.
+    Cli,
+}
+
+impl LoadedBy {
+    /// "client", "server" or "cli".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LoadedBy::Client(_) => "client",
+            LoadedBy::Server => "server",
+            LoadedBy::Cli => "cli",
+        }
+    }
+}
+
+/// A view on an instance table: a catalog (its own models dir), the limits its loads obey, and who its loads
+/// belong to. `Host::new` makes a private table; `Host::shared` views the process's table, which every
+/// non-isolated host shares (instances, TTL thread, memory accounting).
+pub struct Host {
+    table: Arc<Table>,
+    catalog: Catalog,
+    options: HostOptions,
+    /// Whom this view's loads belong to unless a request says otherwise.
+    owner: LoadedBy,
+    /// The table is this host's alone: closing the host closes the table.
+    isolated: bool,
+    closed: AtomicBool,
 }
 
 /// What a load asks for.
@@ -209,48 +293,104 @@ pub struct LoadRequest<'a> {
     pub config: LoadConfig,
     /// Progress callback.
     pub progress: Progress<'a>,
+    /// Who the instance belongs to; `None` = the host's own client.
+    pub loaded_by: Option<LoadedBy>,
+    /// Keep the instance when its client closes (LM Studio's `noHup`).
+    pub no_hup: bool,
+}
+
+impl<'a> LoadRequest<'a> {
+    /// A load owned by the host's own client, without `no_hup`.
+    pub fn new(ttl: Option<Duration>, config: LoadConfig, progress: Progress<'a>) -> Self {
+        LoadRequest { ttl, config, progress, loaded_by: None, no_hup: false }
+    }
+}
+
+fn next_client_id() -> String {
+    static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+    format!("client-{}", NEXT_CLIENT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn check_options(options: &HostOptions) -> Result<()> {
+    if options.memory_budget == Some(0) || options.max_loaded == Some(0) {
+        return Err(Error::InvalidConfig("memory_budget and max_loaded must be positive".into()));
+    }
+    Ok(())
 }
 
 impl Host {
-    /// A host over `models_dir`, with its TTL thread started.
+    /// A host over `models_dir` with a private instance table (its own TTL thread and memory accounting).
     pub fn new(models_dir: PathBuf, options: HostOptions) -> Result<Self> {
-        if options.memory_budget == Some(0) || options.max_loaded == Some(0) {
-            return Err(Error::InvalidConfig("memory_budget and max_loaded must be positive".into()));
-        }
-        let inner = Arc::new(Inner {
-            catalog: Catalog::new(models_dir),
-            options,
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-        });
-        let weak = Arc::downgrade(&inner);
-        let handle = std::thread::Builder::new()
-            .name("modelhost-ttl".into())
-            .spawn(move || ttl_loop(weak))
-            .map_err(|e| Error::InvalidConfig(format!("cannot start the TTL thread: {e}")))?;
-        Ok(Host { inner, ttl_thread: Mutex::new(Some(handle)) })
+        check_options(&options)?;
+        Ok(Host::view_on(Table::start()?, Catalog::new(models_dir), options, true))
+    }
+
+    /// A host over `models_dir` viewing the process's instance table, shared with every other such host.
+    pub fn shared(models_dir: PathBuf, options: HostOptions) -> Result<Self> {
+        check_options(&options)?;
+        Ok(Host::view_on(Table::process()?, Catalog::new(models_dir), options, false))
+    }
+
+    fn view_on(table: Arc<Table>, catalog: Catalog, options: HostOptions, isolated: bool) -> Self {
+        let owner = LoadedBy::Client(next_client_id());
+        Host { table, catalog, options, owner, isolated, closed: AtomicBool::new(false) }
+    }
+
+    /// The view an HTTP server uses: the same table and limits, a catalog confined to the same models dir
+    /// (no absolute paths, nothing outside it; instances loaded from elsewhere are invisible), and loads that
+    /// belong to the server unless a request names a client.
+    pub fn server_view(&self) -> Host {
+        let catalog = Catalog::confined(self.catalog.dir().to_path_buf());
+        let mut view = Host::view_on(self.table.clone(), catalog, self.options.clone(), false);
+        view.owner = LoadedBy::Server;
+        view
     }
 
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+        &self.catalog
+    }
+
+    /// The id of this host's own client (what its loads are recorded under).
+    pub fn client_id(&self) -> Option<&str> {
+        match &self.owner {
+            LoadedBy::Client(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.table.inner
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Whether this view may see the instance: a confined view sees only models inside its models dir.
+    fn visible(&self, i: &Instance) -> bool {
+        self.catalog.contains(&i.entry.path)
     }
 
     /// Get-or-load (SPEC §4): the most recently used loaded instance of the model `key` resolves to, else
     /// a just-in-time load (once, however many threads ask); else a loaded instance whose identifier is
     /// `key`; `key = None`: any loaded instance of `kind`.
     pub fn model(&self, kind: ModelKind, key: Option<&str>, mut req: LoadRequest<'_>) -> Result<InstanceHandle> {
+        self.check_open()?;
         let Some(key) = key else {
-            let st = lock(&self.inner.state);
-            return most_recent(&st, kind, |_| true)
+            let st = lock(&self.inner().state);
+            return most_recent(&st, kind, |i| self.visible(i))
                 .map(|i| self.handle(i))
                 .ok_or(Error::NoModelLoaded { kind: kind.as_str() });
         };
-        let entry = match self.inner.catalog.resolve(key) {
+        let entry = match self.catalog.resolve(key) {
             Ok(entry) => entry,
             Err(e @ (Error::ModelNotFound { .. } | Error::AmbiguousKey { .. })) => {
-                let st = lock(&self.inner.state);
-                return match st.find(key) {
+                let st = lock(&self.inner().state);
+                return match st.find(key).filter(|i| self.visible(i)) {
                     Some(i) if i.entry.kind == kind => Ok(self.handle(i)),
                     Some(i) => Err(wrong_kind(&i.entry, kind)),
                     None => Err(e),
@@ -261,7 +401,7 @@ impl Host {
         if entry.kind != kind {
             return Err(wrong_kind(&entry, kind));
         }
-        let mut st = lock(&self.inner.state);
+        let mut st = lock(&self.inner().state);
         loop {
             if st.closed {
                 return Err(Error::Closed);
@@ -269,17 +409,18 @@ impl Host {
             if let Some(i) = most_recent(&st, kind, |i| i.entry.path == entry.path) {
                 return Ok(self.handle(i));
             }
-            if !st.loading.contains(&entry.model_key) {
+            // Keyed by file, not key: hosts over different models dirs may use one key for different files.
+            if !st.loading.contains(&entry.path) {
                 break;
             }
-            st = self.inner.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.inner().changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        st.loading.insert(entry.model_key.clone());
+        st.loading.insert(entry.path.clone());
         drop(st);
         let result = self.load(&entry, None, &mut req);
-        let mut st = lock(&self.inner.state);
-        st.loading.remove(&entry.model_key);
-        self.inner.notify(&mut st);
+        let mut st = lock(&self.inner().state);
+        st.loading.remove(&entry.path);
+        self.inner().notify(&mut st);
         result
     }
 
@@ -291,7 +432,8 @@ impl Host {
         identifier: Option<&str>,
         mut req: LoadRequest<'_>,
     ) -> Result<InstanceHandle> {
-        let entry = self.inner.catalog.resolve(key)?;
+        self.check_open()?;
+        let entry = self.catalog.resolve(key)?;
         if entry.kind != kind {
             return Err(wrong_kind(&entry, kind));
         }
@@ -305,7 +447,8 @@ impl Host {
 
     /// The memory a load of `key` with `config` would need (the number the budget uses).
     pub fn estimate(&self, kind: ModelKind, key: &str, config: &LoadConfig) -> Result<MemoryEstimate> {
-        let entry = self.inner.catalog.resolve(key)?;
+        self.check_open()?;
+        let entry = self.catalog.resolve(key)?;
         if entry.kind != kind {
             return Err(wrong_kind(&entry, kind));
         }
@@ -333,7 +476,7 @@ impl Host {
 
         // Reserve an identifier and the memory, evicting idle instances if the budget says so.
         let (identifier, reserved, victims) = {
-            let mut st = lock(&self.inner.state);
+            let mut st = lock(&self.inner().state);
             if st.closed {
                 return Err(Error::Closed);
             }
@@ -357,14 +500,14 @@ impl Host {
             st.reserved_ids.insert(identifier.clone());
             st.reserved_bytes += needed;
             st.loads_in_progress += 1;
-            self.inner.notify(&mut st);
+            self.inner().notify(&mut st);
             (identifier, needed, victims)
         };
         drop(victims);
 
         let built =
             self.build_instance(entry, &plan, &shared_key, &identifier, req).map_err(|e| e.with_path(&entry.path));
-        let mut st = lock(&self.inner.state);
+        let mut st = lock(&self.inner().state);
         st.reserved_ids.remove(&identifier);
         st.reserved_bytes -= reserved;
         st.loads_in_progress -= 1;
@@ -372,18 +515,18 @@ impl Host {
             Ok(instance) if !st.closed => instance,
             Ok(_) => return Err(Error::Closed),
             Err(e) => {
-                self.inner.notify(&mut st);
+                self.inner().notify(&mut st);
                 return Err(e);
             }
         };
         st.instances.push(instance.clone());
-        self.inner.notify(&mut st);
+        self.inner().notify(&mut st);
         Ok(self.handle(&instance))
     }
 
     /// Evict idle instances, least recently used first, until `needed` more bytes and one more instance fit.
     fn make_room(&self, st: &mut State, key: &str, needed: u64) -> Result<Vec<Arc<Instance>>> {
-        let opts = &self.inner.options;
+        let opts = &self.options;
         let fits = |st: &State, without: &[usize]| {
             let count = st.instances.len() - without.len() + st.loads_in_progress;
             opts.memory_budget.is_none_or(|b| st.used_bytes(without) + needed <= b)
@@ -444,12 +587,12 @@ impl Host {
         let config = &req.config;
         let (engine, weights_id, memory) = match entry.kind {
             ModelKind::Llm => {
-                let existing = lock(&self.inner.state).shared_llm.get(shared_key).and_then(Weak::upgrade);
+                let existing = lock(&self.inner().state).shared_llm.get(shared_key).and_then(Weak::upgrade);
                 let model = match existing {
                     Some(m) => m,
                     None => {
                         let m = Arc::new(load_llm(entry, config, &plan.placement, &mut req.progress)?);
-                        lock(&self.inner.state).shared_llm.insert(shared_key.clone(), Arc::downgrade(&m));
+                        lock(&self.inner().state).shared_llm.insert(shared_key.clone(), Arc::downgrade(&m));
                         m
                     }
                 };
@@ -461,7 +604,7 @@ impl Host {
                 (Engine::Llm { model, session: Mutex::new(session) }, id, plan.estimate.clone())
             }
             ModelKind::Embedding => {
-                let existing = lock(&self.inner.state).shared_embedding.get(shared_key).and_then(Weak::upgrade);
+                let existing = lock(&self.inner().state).shared_embedding.get(shared_key).and_then(Weak::upgrade);
                 let model = match existing {
                     Some(m) => m,
                     None => {
@@ -470,7 +613,7 @@ impl Host {
                             context_length: Some(plan.context_length),
                         };
                         let m = Arc::new(EmbeddingModel::load(&entry.path, &opts, &mut req.progress)?);
-                        lock(&self.inner.state).shared_embedding.insert(shared_key.clone(), Arc::downgrade(&m));
+                        lock(&self.inner().state).shared_embedding.insert(shared_key.clone(), Arc::downgrade(&m));
                         m
                     }
                 };
@@ -492,6 +635,8 @@ impl Host {
             context_length: plan.context_length,
             seed: config.seed,
             weights_id,
+            loaded_by: req.loaded_by.clone().unwrap_or_else(|| self.owner.clone()),
+            no_hup: req.no_hup,
             activity: Mutex::new(Activity {
                 in_flight: 0,
                 last_used: Instant::now(),
@@ -509,7 +654,7 @@ impl Host {
 
     fn handle(&self, i: &Arc<Instance>) -> InstanceHandle {
         InstanceHandle {
-            host: Arc::downgrade(&self.inner),
+            host: Arc::downgrade(self.inner()),
             instance: Arc::downgrade(i),
             identifier: i.identifier.clone(),
             model_key: i.entry.model_key.clone(),
@@ -518,24 +663,39 @@ impl Host {
         }
     }
 
-    /// Loaded instances (of `kind`), in load order.
+    /// Loaded instances (of `kind`) this view sees, in load order; none once the host is closed.
     pub fn list_loaded(&self, kind: Option<ModelKind>) -> Vec<InstanceHandle> {
-        let st = lock(&self.inner.state);
-        st.instances.iter().filter(|i| kind.is_none_or(|k| i.entry.kind == k)).map(|i| self.handle(i)).collect()
+        if self.check_open().is_err() {
+            return Vec::new();
+        }
+        let st = lock(&self.inner().state);
+        st.instances
+            .iter()
+            .filter(|i| kind.is_none_or(|k| i.entry.kind == k) && self.visible(i))
+            .map(|i| self.handle(i))
+            .collect()
     }
 
-    /// Unload by identifier, or every instance of a model key. Unknown → `ModelNotFound`.
-    pub fn unload(&self, kind: Option<ModelKind>, key_or_identifier: &str) -> Result<()> {
+    /// The loaded instance with this identifier, if this view sees one.
+    pub fn instance(&self, identifier: &str) -> Option<InstanceHandle> {
+        let st = lock(&self.inner().state);
+        st.find(identifier).filter(|i| self.visible(i)).map(|i| self.handle(i))
+    }
+
+    /// Unload by identifier, or every instance of a model key; returns the identifiers unloaded.
+    /// Unknown → `ModelNotFound`.
+    pub fn unload(&self, kind: Option<ModelKind>, key_or_identifier: &str) -> Result<Vec<String>> {
+        self.check_open()?;
         let victims: Vec<Arc<Instance>> = {
-            let mut st = lock(&self.inner.state);
-            let matches_kind = |i: &Instance| kind.is_none_or(|k| i.entry.kind == k);
+            let mut st = lock(&self.inner().state);
+            let matches = |i: &Instance| kind.is_none_or(|k| i.entry.kind == k) && self.visible(i);
             let by_id: Vec<usize> = (0..st.instances.len())
-                .filter(|&n| st.instances[n].identifier == key_or_identifier && matches_kind(&st.instances[n]))
+                .filter(|&n| st.instances[n].identifier == key_or_identifier && matches(&st.instances[n]))
                 .collect();
             let chosen = if by_id.is_empty() {
-                match self.inner.catalog.resolve(key_or_identifier) {
+                match self.catalog.resolve(key_or_identifier) {
                     Ok(entry) => (0..st.instances.len())
-                        .filter(|&n| st.instances[n].entry.path == entry.path && matches_kind(&st.instances[n]))
+                        .filter(|&n| st.instances[n].entry.path == entry.path && matches(&st.instances[n]))
                         .collect(),
                     Err(_) => Vec::new(),
                 }
@@ -543,36 +703,51 @@ impl Host {
                 by_id
             };
             if chosen.is_empty() {
-                let loaded: Vec<String> = st.instances.iter().map(|i| i.identifier.clone()).collect();
+                let loaded = st.instances.iter().filter(|i| self.visible(i)).map(|i| i.identifier.clone());
                 return Err(Error::ModelNotFound {
                     key: key_or_identifier.to_string(),
-                    suggestions: loaded.into_iter().take(5).collect(),
+                    suggestions: loaded.take(5).collect(),
                 });
             }
             let victims = chosen.into_iter().rev().map(|n| st.instances.remove(n)).collect();
-            self.inner.notify(&mut st);
+            self.inner().notify(&mut st);
             victims
         };
         for v in &victims {
             v.mark_unloaded("unloaded");
         }
-        Ok(())
+        Ok(victims.iter().rev().map(|v| v.identifier.clone()).collect())
     }
 
-    /// Unload everything and stop the TTL thread. Idempotent; requests in flight finish first.
-    pub fn close(&self) {
-        let victims = {
-            let mut st = lock(&self.inner.state);
-            st.closed = true;
-            self.inner.notify(&mut st);
-            std::mem::take(&mut st.instances)
+    /// Unload the instances a client loaded itself, except those loaded with `no_hup`; returns their
+    /// identifiers. What a client's `close()` does (the HTTP server calls it for remote clients).
+    pub fn unload_client_instances(&self, client_id: &str) -> Vec<String> {
+        let victims: Vec<Arc<Instance>> = {
+            let mut st = lock(&self.inner().state);
+            let (mine, others) = std::mem::take(&mut st.instances)
+                .into_iter()
+                .partition(|i| !i.no_hup && matches!(&i.loaded_by, LoadedBy::Client(c) if c == client_id));
+            st.instances = others;
+            self.inner().notify(&mut st);
+            mine
         };
         for v in &victims {
-            v.mark_unloaded("the client was closed");
+            v.mark_unloaded("the client that loaded it was closed");
         }
-        drop(victims);
-        if let Some(h) = lock(&self.ttl_thread).take() {
-            let _ = h.join();
+        victims.iter().map(|v| v.identifier.clone()).collect()
+    }
+
+    /// Close the host; idempotent, requests in flight finish first. An isolated host unloads everything in its
+    /// table and stops its TTL thread; a shared one unloads the instances it loaded itself (not those loaded
+    /// with `no_hup`, by the server or by the CLI). Afterwards calls through it fail with `Closed`.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.isolated {
+            self.table.close();
+        } else if let LoadedBy::Client(id) = &self.owner {
+            self.unload_client_instances(id);
         }
     }
 }
@@ -838,8 +1013,17 @@ impl InstanceHandle {
     pub fn info(&self) -> Result<Value> {
         let i = self.live()?;
         let e = &i.entry;
-        let last_used =
-            lock(&i.activity).last_used_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let (last_used, in_flight, idle_for) = {
+            let a = lock(&i.activity);
+            let wall = a.last_used_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            (wall, a.in_flight, a.last_used.elapsed())
+        };
+        // What the TTL thread will do if nothing else arrives: unload it this many seconds from now.
+        let expires_in = i.ttl.filter(|_| in_flight == 0).map(|ttl| ttl.saturating_sub(idle_for).as_secs_f64());
+        let client_id = match &i.loaded_by {
+            LoadedBy::Client(id) => Some(id.as_str()),
+            _ => None,
+        };
         let mut info = json!({
             "type": e.kind.as_str(),
             "model_key": e.model_key,
@@ -858,6 +1042,12 @@ impl InstanceHandle {
             "trained_for_tool_use": e.trained_for_tool_use,
             "ttl": i.ttl.map(|t| t.as_secs_f64()),
             "last_used": last_used,
+            "expires_in": expires_in,
+            "in_flight": in_flight,
+            "status": if in_flight == 0 { "idle" } else { "busy" },
+            "loaded_by": i.loaded_by.as_str(),
+            "client_id": client_id,
+            "no_hup": i.no_hup,
             "device": i.placement.main_device(),
             "placement": i.placement.layers.iter().map(|(l, d)| json!({"layer": l, "device": d})).collect::<Vec<_>>(),
             "placement_warning": i.placement.warning,

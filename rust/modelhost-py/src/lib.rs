@@ -123,7 +123,7 @@ impl PyHost {
         let (kind, ttl) = (self::kind(kind)?, self::ttl(ttl)?);
         let config = LoadConfig::from_json(&from_py(config)?).wrap()?;
         let handle = with_progress(py, on_progress, |progress| {
-            self.host.model(kind, key.as_deref(), LoadRequest { ttl, config, progress })
+            self.host.model(kind, key.as_deref(), LoadRequest::new(ttl, config, progress))
         })?;
         Ok(PyInstance { handle })
     }
@@ -143,7 +143,7 @@ impl PyHost {
         let (kind, ttl) = (self::kind(kind)?, self::ttl(ttl)?);
         let config = LoadConfig::from_json(&from_py(config)?).wrap()?;
         let handle = with_progress(py, on_progress, |progress| {
-            self.host.load_new_instance(kind, &key, identifier.as_deref(), LoadRequest { ttl, config, progress })
+            self.host.load_new_instance(kind, &key, identifier.as_deref(), LoadRequest::new(ttl, config, progress))
         })?;
         Ok(PyInstance { handle })
     }
@@ -156,7 +156,7 @@ impl PyHost {
 
     fn unload(&self, py: Python<'_>, kind: Option<&str>, key_or_identifier: String) -> PyResult<()> {
         let kind = kind.map(self::kind).transpose()?;
-        py.detach(|| self.host.unload(kind, &key_or_identifier)).wrap()
+        py.detach(|| self.host.unload(kind, &key_or_identifier)).map(drop).wrap()
     }
 
     fn estimate(&self, py: Python<'_>, kind: &str, key: String, config: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
