@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::embedding;
 use crate::error::{Error, Result};
-use crate::gguf::{self, Value};
+use crate::formats::gguf::{self, Value};
 use crate::llm;
 
 /// How many close matches a "not found" error lists.

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
-use crate::safetensors::{self as st, Dtype, SafeTensorInfo, SafetensorsHeader};
+use crate::formats::safetensors::{self as st, Dtype, SafeTensorInfo, SafetensorsHeader};
 use crate::weights::{self, ChunkedLoad, FileBytes, MappedFile, Progress};
 use crate::wordpiece::{self, WordPieceTokenizer};
 
@@ -1644,7 +1644,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::safetensors::writer;
+    use crate::formats::safetensors_writer as writer;
     use crate::BoxError;
 
     /// Words of the tiny vocabulary (after the five special tokens).

@@ -14,7 +14,7 @@ use crate::catalog::{Catalog, CatalogEntry, ModelKind};
 use crate::config::{self, LoadConfig};
 use crate::embedding::{EmbeddingLoadOptions, EmbeddingModel};
 use crate::error::{Error, Result};
-use crate::gguf;
+use crate::formats::gguf;
 use crate::llm::{Fragment, GenerationState, LlamaParams, LlmModel, LlmSession, PredictionStats};
 use crate::placement::Placement;
 use crate::template::ChatMessage;

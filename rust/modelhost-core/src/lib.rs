@@ -10,12 +10,11 @@ pub mod catalog;
 pub mod config;
 pub mod embedding;
 pub mod error;
-pub mod gguf;
+pub mod formats;
 pub mod instances;
 pub mod kernels;
 pub mod llm;
 pub mod placement;
-pub mod safetensors;
 #[cfg(target_os = "linux")]
 pub mod sigbus;
 pub mod template;

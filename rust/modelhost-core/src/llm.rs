@@ -11,7 +11,7 @@ use rand::distr::{weighted::WeightedIndex, Distribution};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::gguf::{self, GgufHeader, TensorInfo, Value};
+use crate::formats::gguf::{self, GgufHeader, TensorInfo, Value};
 use crate::kernels::{QuantKind, QuantMatrix};
 use crate::placement::Placement;
 use crate::template::{ChatMessage, ChatTemplate};

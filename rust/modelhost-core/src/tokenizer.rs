@@ -20,7 +20,7 @@ use tokenizers::utils::SysRegex;
 use tokenizers::Model as _;
 
 use crate::error::{Error, Result};
-use crate::gguf::{GgufHeader, Value};
+use crate::formats::gguf::{GgufHeader, Value};
 
 /// Vocabularies larger than this are refused (the largest real ones have ~260k tokens); ids must
 /// also stay below `i32::MAX`, llama.cpp's token type.
@@ -1023,7 +1023,8 @@ fn spm_encode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::{parse, writer::write};
+    use crate::formats::gguf::parse;
+    use crate::formats::gguf_writer::write;
 
     fn s(v: &str) -> Value {
         Value::String(v.to_owned())

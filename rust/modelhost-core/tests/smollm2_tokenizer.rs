@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use modelhost_core::gguf::{parse, GgufHeader, Value};
+use modelhost_core::formats::gguf::{parse, GgufHeader, Value};
 use modelhost_core::template::{ChatMessage, ChatTemplate};
 use modelhost_core::tokenizer::GgufTokenizer;
 use modelhost_core::Error;

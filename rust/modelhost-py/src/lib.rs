@@ -352,7 +352,7 @@ fn mapped_file_count() -> usize {
 /// Parse and validate a GGUF header (metadata arrays elided).
 #[pyfunction]
 fn parse_gguf_header(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyAny>> {
-    let header = py.detach(|| modelhost_core::gguf::read_summary(&path)).wrap()?;
+    let header = py.detach(|| modelhost_core::formats::gguf::read_summary(&path)).wrap()?;
     convert::header_to_py(py, &header)
 }
 
