@@ -31,7 +31,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{self as st, Dtype, SafeTensorInfo, SafetensorsHeader};
-use crate::weights::{self, ChunkedLoad, FileBytes, MappedFile, Progress};
+use crate::storage::{self, ChunkedLoad, FileBytes, MappedFile, Progress};
 use crate::wordpiece::{self, WordPieceTokenizer};
 
 /// sentence-transformers' default `encode` batch size.
@@ -847,7 +847,7 @@ impl EmbeddingModel {
             self.check_ids(&seqs)?;
             let hidden = forward(&view, &self.folder.bert, &seqs, &mut scratch);
             // Weights are read in place from the mapping: a truncated file reads as zeros, not a result.
-            weights::check_intact(&self.bytes)?;
+            storage::check_intact(&self.bytes)?;
             pool(hidden, &seqs, self.folder.bert.hidden_size, &self.folder.pooling, &mut pooled);
             for (row, &i) in pooled.chunks_exact(dim).zip(batch) {
                 let dst = &mut out[i * dim..(i + 1) * dim];
@@ -975,22 +975,22 @@ type LoadedWeights = (FileBytes, BertWeights, SafetensorsHeader);
 fn load_weights(folder: &Folder, try_mmap: bool, progress: &mut Progress<'_>) -> Result<LoadedWeights> {
     let path = &folder.weights_path;
     let (bytes, base) = if try_mmap {
-        (FileBytes::Mapped(weights::map_shared(path)?), 0.0)
+        (FileBytes::Mapped(storage::map_shared(path)?), 0.0)
     } else {
-        (weights::read_owned(path, progress, READ_SHARE)?, READ_SHARE)
+        (storage::read_owned(path, progress, READ_SHARE)?, READ_SHARE)
     };
     let header = st::parse(bytes.as_slice(), path)?;
     let mut planner = Planner::new(&header, path)?;
     let plan = plan_weights(&mut planner, &folder.bert)?;
     let total: u64 = planner.wanted.iter().map(|t| t.size as u64).sum();
-    weights::check_unchanged(&bytes)?;
+    storage::check_unchanged(&bytes)?;
     let mut chunks = ChunkedLoad::new(progress, total, base, 1.0 - base);
     let (mut loaded, any_view) = materialise(&bytes, path, &planner.wanted, &mut chunks)?;
     if let (FileBytes::Mapped(m), false) = (&bytes, any_view) {
         // Everything was converted into owned memory: the mapped pages are no longer needed.
         m.release_pages();
     }
-    weights::check_intact(&bytes)?; // a truncation during the copies above read zeros
+    storage::check_intact(&bytes)?; // a truncation during the copies above read zeros
     let mut take = |i: usize| std::mem::replace(&mut loaded[i], Weight::Owned(Vec::new()));
     let [word, position, token_type, ln_g, ln_b] = plan.embeddings.map(&mut take);
     let layers = plan

@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::formats::gguf;
 use crate::llm::{Fragment, GenerationState, LlamaParams, LlmModel, LlmSession, PredictionStats};
 use crate::placement::Placement;
+use crate::storage::{self, FileBytes, Progress};
 use crate::template::ChatMessage;
-use crate::weights::{self, FileBytes, Progress};
 
 /// How long the TTL thread sleeps when no instance has a deadline.
 const TTL_IDLE_WAIT: Duration = Duration::from_secs(60);
@@ -651,7 +651,7 @@ struct LoadPlan {
 fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
     match entry.kind {
         ModelKind::Llm => {
-            let (file, _) = weights::open_model_file(&entry.path)?;
+            let (file, _) = storage::open_model_file(&entry.path)?;
             // SAFETY: read-only map used only to read the header, dropped at the end of this scope.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(&entry.path, e.to_string()))?;
             let header = gguf::parse_summary(&map, &entry.path)?;
@@ -755,9 +755,9 @@ fn load_llm(
 ) -> Result<LlmModel> {
     // Reading the file is half the bar when it is copied into memory; mapping costs nothing.
     let (bytes, base) = if config.try_mmap {
-        (FileBytes::Mapped(weights::map_shared(&entry.path)?), 0.0)
+        (FileBytes::Mapped(storage::map_shared(&entry.path)?), 0.0)
     } else {
-        (weights::read_owned(&entry.path, progress, 0.5)?, 0.5)
+        (storage::read_owned(&entry.path, progress, 0.5)?, 0.5)
     };
     let header = gguf::parse(bytes.as_slice(), &entry.path)?;
     LlmModel::load(&entry.path, &header, &bytes, placement, config.keep_model_in_memory, progress, base)

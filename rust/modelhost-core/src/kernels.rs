@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use half::f16;
 
-use crate::weights::MappedFile;
+use crate::storage::MappedFile;
 
 /// Elements per quantization block.
 pub const BLOCK: usize = 32;

@@ -15,11 +15,9 @@ pub mod instances;
 pub mod kernels;
 pub mod llm;
 pub mod placement;
-#[cfg(target_os = "linux")]
-pub mod sigbus;
+pub mod storage;
 pub mod template;
 pub mod tokenizer;
-pub mod weights;
 pub mod wordpiece;
 
 pub use error::{BoxError, Error, Result};

@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{self, GgufHeader, TensorInfo, Value};
 use crate::kernels::{QuantKind, QuantMatrix};
 use crate::placement::Placement;
+use crate::storage::{self, resident_zeros, ChunkedLoad, FileBytes, LockedPages, Progress};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tokenizer::GgufTokenizer;
-use crate::weights::{self, ChunkedLoad, FileBytes, Progress};
 
 /// Hyper-parameters of a llama-architecture model, from the GGUF metadata.
 #[derive(Debug, Clone)]
@@ -196,7 +196,7 @@ impl TokenEmbeddings {
 pub struct LlmModel {
     /// Declared first, so the pages are unlocked before the weights go (fields drop in order): our own
     /// copies, and our count on the shared mapping's lock.
-    locked: Option<(LockedPages, Option<weights::PageLock>)>,
+    locked: Option<(LockedPages, Option<storage::PageLock>)>,
     /// Model hyper-parameters.
     pub params: LlamaParams,
     /// The tokenizer built from the GGUF metadata.
@@ -212,24 +212,7 @@ pub struct LlmModel {
     path: PathBuf,
     /// Keeps the file's shared mapping alive for as long as the model (SPEC §4); quantized matrices
     /// used in place read from it, and every pass checks it is still intact.
-    mapping: Option<Arc<weights::MappedFile>>,
-}
-
-/// Weight pages locked in RAM (`keepModelInMemory`), unlocked on drop.
-struct LockedPages(Vec<(usize, usize)>);
-
-impl LockedPages {
-    fn lock(regions: &[&[u8]]) -> std::io::Result<Self> {
-        let mut locked = LockedPages(Vec::with_capacity(regions.len()));
-        for r in regions.iter().filter(|r| !r.is_empty()) {
-            // SAFETY: the region is a live allocation owned by the model, which outlives this lock.
-            if unsafe { libc::mlock(r.as_ptr().cast(), r.len()) } != 0 {
-                return Err(std::io::Error::last_os_error()); // `locked` unlocks what it holds
-            }
-            locked.0.push((r.as_ptr() as usize, r.len()));
-        }
-        Ok(locked)
-    }
+    mapping: Option<Arc<storage::MappedFile>>,
 }
 
 fn keep_in_memory_error(err: std::io::Error) -> Error {
@@ -237,15 +220,6 @@ fn keep_in_memory_error(err: std::io::Error) -> Error {
         "keepModelInMemory: cannot lock the weights in RAM ({err}); raise the memlock limit (ulimit -l) or set \
          keepModelInMemory to false"
     ))
-}
-
-impl Drop for LockedPages {
-    fn drop(&mut self) {
-        for &(ptr, len) in &self.0 {
-            // SAFETY: unlocking a range we locked; the memory is still allocated (`locked` drops first).
-            unsafe { libc::munlock(ptr as *const libc::c_void, len) };
-        }
-    }
 }
 
 impl std::fmt::Debug for LlmModel {
@@ -278,7 +252,7 @@ impl Loader<'_, '_, '_> {
                 format!("tensor {name} has shape {:?}, expected {expect:?}", info.dims),
             ));
         }
-        weights::check_unchanged(self.bytes)?;
+        storage::check_unchanged(self.bytes)?;
         let data = &self.bytes.as_slice()[info.offset..info.offset + info.size];
         let q = qtensor_from_ggml(info.dtype, data, info.shape(), device)
             .map_err(|e| Error::load(self.path, e.to_string()))?;
@@ -294,7 +268,7 @@ impl Loader<'_, '_, '_> {
             _ => None,
         };
         if let Some(kind) = kind.filter(|_| device.is_cpu() && info.dims == expect) {
-            weights::check_unchanged(self.bytes)?;
+            storage::check_unchanged(self.bytes)?;
             let range = info.offset..info.offset + info.size;
             let w = match self.bytes {
                 // In place: no copy, and the pages stay the page cache's (shared with other processes).
@@ -302,7 +276,7 @@ impl Loader<'_, '_, '_> {
                 // leaving them to fault in during the first token made load + first token 1.4x slower.
                 FileBytes::Mapped(file) => {
                     for chunk in file.bytes()[range.clone()].chunks(POPULATE_CHUNK) {
-                        weights::populate(chunk);
+                        storage::populate(chunk);
                         self.chunks.advance(chunk.len() as u64)?;
                     }
                     QuantMatrix::mapped(kind, file.clone(), range, expect[1], expect[0])
@@ -394,7 +368,7 @@ impl LlmModel {
                 &output_device,
             )?)?)
         };
-        weights::check_intact(bytes)?; // a truncation during the copies above read zeros
+        storage::check_intact(bytes)?; // a truncation during the copies above read zeros
         let mapping = match bytes {
             FileBytes::Mapped(m) => Some(m.clone()),
             FileBytes::Owned(_) => None,
@@ -945,21 +919,6 @@ impl LlmSession {
 /// Pre-allocated keys and values per layer, `(n_kv_heads, context, head_dim)`; written in place.
 struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
-}
-
-/// Zeros whose pages are resident now, as SPEC §5's "allocated up front" means: the memory is
-/// really taken at load (and counted in RSS, as the estimate says) rather than faulted in during
-/// generation. A large `vec![0; n]` is fresh zero pages from the kernel, so this only faults them in:
-/// one `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+), else one write per page.
-fn resident_zeros(n: usize) -> Vec<f32> {
-    let mut v = vec![0f32; n];
-    if !weights::prefault(v.as_ptr().cast(), std::mem::size_of_val(v.as_slice()), true) {
-        for i in (0..n).step_by(weights::PAGE / std::mem::size_of::<f32>()) {
-            // SAFETY: in bounds; volatile so the store of a zero into zeroed memory is not optimised away.
-            unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 0.0) };
-        }
-    }
-    v
 }
 
 impl KvCache {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use modelhost_core::catalog::{CatalogEntry, ModelKind};
 use modelhost_core::config::LoadConfig;
 use modelhost_core::instances::{Generation, Host, HostOptions, InstanceHandle, LoadRequest, Prompt};
+use modelhost_core::storage::Progress;
 use modelhost_core::template::ChatMessage;
-use modelhost_core::weights::Progress;
 use modelhost_core::{BoxError, Error};
 use numpy::{ndarray::Array2, PyArray2};
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
@@ -346,7 +346,7 @@ impl PyGeneration {
 /// How many distinct model files are memory-mapped right now.
 #[pyfunction]
 fn mapped_file_count() -> usize {
-    modelhost_core::weights::mapped_file_count()
+    modelhost_core::storage::mapped_file_count()
 }
 
 /// Parse and validate a GGUF header (metadata arrays elided).

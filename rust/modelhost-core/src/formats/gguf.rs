@@ -348,12 +348,12 @@ fn value_min_size(type_id: u32) -> Option<usize> {
 /// `parse_summary` of the file at `path`, through a temporary read-only map: only the header's pages
 /// are read, whatever the file's size.
 pub fn read_summary(path: &Path) -> Result<GgufHeader> {
-    let (file, _) = crate::weights::open_model_file(path)?;
+    let (file, _) = crate::storage::open_model_file(path)?;
     // SAFETY: read-only map, dropped before returning; only the header pages are touched, under the
     // SIGBUS guard (a file truncated meanwhile reads as zeros and is reported below).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(path, e.to_string()))?;
     #[cfg(target_os = "linux")]
-    let guard = crate::sigbus::Guard::new(map.as_ptr(), map.len());
+    let guard = crate::storage::sigbus::Guard::new(map.as_ptr(), map.len());
     let header = parse_summary(&map, path);
     #[cfg(target_os = "linux")]
     if guard.is_some_and(|g| g.damaged()) {

@@ -219,7 +219,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<SafetensorsHeader> {
 /// file's length: for catalog listings, which must not touch the weights.
 pub fn parse_file_header(path: &Path) -> Result<SafetensorsHeader> {
     use std::io::Read;
-    let (mut file, file_len) = crate::weights::open_model_file(path)?;
+    let (mut file, file_len) = crate::storage::open_model_file(path)?;
     let mut len_bytes = [0u8; LEN_BYTES];
     if file_len < LEN_BYTES as u64 {
         return Err(Error::load(path, too_small(file_len as usize)));
