@@ -21,18 +21,16 @@
 //! sentence, where streaming each weight row once (`kernels::linear_small`) is several times faster.
 //! `tests/minilm_embedding.rs` checks it against sentence-transformers and has the timing report.
 
-use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{self as st, Dtype, SafeTensorInfo, SafetensorsHeader};
 use crate::storage::{self, ChunkedLoad, FileBytes, MappedFile, Progress};
-use crate::wordpiece::{self, WordPieceTokenizer};
+use crate::text::EmbeddingTokenizer;
 
 /// sentence-transformers' default `encode` batch size.
 const BATCH_SIZE: usize = 32;
@@ -741,29 +739,11 @@ fn materialise(
 // The model
 // ---------------------------------------------------------------------------------------------------
 
-/// The tokenizer of an embedding model: BERT's WordPiece read by our fast path, or any other model
-/// `tokenizers` reads.
-#[derive(Debug)]
-enum BertTokenizer {
-    WordPiece(Box<WordPieceTokenizer>),
-    Other(Box<Tokenizer>),
-}
-
-/// The same call on either kind of tokenizer.
-macro_rules! on_tokenizer {
-    ($tokenizer:expr, $t:ident => $call:expr) => {
-        match $tokenizer {
-            BertTokenizer::WordPiece($t) => $call,
-            BertTokenizer::Other($t) => $call,
-        }
-    };
-}
-
 /// A loaded embedding model. `Send + Sync`: requests only read it.
 pub struct EmbeddingModel {
     folder: Folder,
     info: EmbeddingFolderInfo,
-    tokenizer: BertTokenizer,
+    tokenizer: EmbeddingTokenizer,
     /// Tokens per input, special tokens included (the applied context length).
     max_tokens: usize,
     bytes: FileBytes,
@@ -800,7 +780,7 @@ impl EmbeddingModel {
         // The tokenizer (a few ms of JSON) loads on a scoped thread while this one maps the weights;
         // the scope joins it whatever happens here.
         let (weights, tokenizer) = std::thread::scope(|scope| {
-            let tokenizer = scope.spawn(|| load_tokenizer(&folder.tokenizer_path, max_tokens));
+            let tokenizer = scope.spawn(|| EmbeddingTokenizer::load(&folder.tokenizer_path, max_tokens));
             let weights = load_weights(&folder, opts.try_mmap, progress);
             let tokenizer = tokenizer
                 .join()
@@ -815,7 +795,7 @@ impl EmbeddingModel {
 
     /// The token ids the model sees for `text`: `[CLS] … [SEP]`, truncated to the context length.
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.tokenize_group(&[text])?;
+        let mut ids = self.tokenizer.encode_batch(&[text], self.folder.do_lower_case)?;
         Ok(ids.pop().map(|(ids, _)| ids).unwrap_or_default())
     }
 
@@ -832,7 +812,7 @@ impl EmbeddingModel {
         }
         let mut encoded = Vec::with_capacity(texts.len());
         for group in texts.chunks(TOKENIZE_GROUP) {
-            encoded.extend(self.tokenize_group(group)?);
+            encoded.extend(self.tokenizer.encode_batch(group, self.folder.do_lower_case)?);
         }
         // Longest first, as sentence-transformers sorts, so each batch holds similar lengths.
         let mut order: Vec<usize> = (0..texts.len()).collect();
@@ -888,26 +868,6 @@ impl EmbeddingModel {
         }
     }
 
-    /// Token ids and type ids of each text, preprocessed as sentence-transformers does (strip, and
-    /// lower-case when the folder says so).
-    fn tokenize_group(&self, texts: &[&str]) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
-        let inputs: Vec<Cow<'_, str>> = texts
-            .iter()
-            .map(|t| {
-                let t = t.trim();
-                if self.folder.do_lower_case {
-                    Cow::Owned(t.to_lowercase())
-                } else {
-                    Cow::Borrowed(t)
-                }
-            })
-            .collect();
-        let inputs: Vec<&str> = inputs.iter().map(|c| c.as_ref()).collect();
-        let encodings = on_tokenizer!(&self.tokenizer, t => t.encode_batch_fast(inputs, true))
-            .map_err(|e| Error::InvalidConfig(format!("cannot tokenize: {e}")))?;
-        Ok(encodings.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
-    }
-
     /// A tokenizer that disagrees with the weights must give an error, not an out-of-bounds read.
     fn check_ids(&self, seqs: &[(&[u32], &[u32])]) -> Result<()> {
         let c = &self.folder.bert;
@@ -939,35 +899,6 @@ impl EmbeddingModel {
         }
         Ok(())
     }
-}
-
-fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<BertTokenizer> {
-    let bytes = std::fs::read(path).map_err(|e| Error::load(path, e.to_string()))?;
-    let mut tokenizer = match wordpiece::load(&bytes) {
-        Some(t) => BertTokenizer::WordPiece(Box::new(t)),
-        // Another model type (or a broken file, which the generic path then reports).
-        None => {
-            BertTokenizer::Other(Box::new(Tokenizer::from_bytes(&bytes).map_err(|e| Error::load(path, e.to_string()))?))
-        }
-    };
-    let specials = on_tokenizer!(&tokenizer, t => t.get_post_processor())
-        .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
-    if max_tokens < specials {
-        return Err(Error::InvalidConfig(format!(
-            "context length {max_tokens} leaves no room for the {specials} special tokens"
-        )));
-    }
-    let truncation = TruncationParams {
-        max_length: max_tokens,
-        strategy: TruncationStrategy::LongestFirst,
-        stride: 0,
-        direction: TruncationDirection::Right,
-    };
-    on_tokenizer!(&mut tokenizer, t => {
-        t.with_truncation(Some(truncation)).map_err(|e| Error::load(path, e.to_string()))?;
-        t.with_padding(None);
-    });
-    Ok(tokenizer)
 }
 
 type LoadedWeights = (FileBytes, BertWeights, SafetensorsHeader);

@@ -18,7 +18,7 @@ use crate::formats::gguf;
 use crate::llm::{Fragment, GenerationState, LlamaParams, LlmModel, LlmSession, PredictionStats};
 use crate::placement::Placement;
 use crate::storage::{self, FileBytes, Progress};
-use crate::template::ChatMessage;
+use crate::text::ChatMessage;
 
 /// How long the TTL thread sleeps when no instance has a deadline.
 const TTL_IDLE_WAIT: Duration = Duration::from_secs(60);

@@ -16,8 +16,6 @@ pub mod kernels;
 pub mod llm;
 pub mod placement;
 pub mod storage;
-pub mod template;
-pub mod tokenizer;
-pub mod wordpiece;
+pub mod text;
 
 pub use error::{BoxError, Error, Result};

@@ -15,8 +15,7 @@ use crate::formats::gguf::{self, GgufHeader, TensorInfo, Value};
 use crate::kernels::{QuantKind, QuantMatrix};
 use crate::placement::Placement;
 use crate::storage::{self, resident_zeros, ChunkedLoad, FileBytes, LockedPages, Progress};
-use crate::template::{ChatMessage, ChatTemplate};
-use crate::tokenizer::GgufTokenizer;
+use crate::text::{ChatMessage, ChatTemplate, GgufTokenizer};
 
 /// Hyper-parameters of a llama-architecture model, from the GGUF metadata.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use modelhost_core::formats::gguf::{self, Value};
 use modelhost_core::formats::gguf_writer as writer;
 use modelhost_core::formats::safetensors;
-use modelhost_core::template::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES};
-use modelhost_core::tokenizer::GgufTokenizer;
+use modelhost_core::text::template::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES};
+use modelhost_core::text::GgufTokenizer;
 use modelhost_core::Error;
 use proptest::prelude::*;
 

@@ -296,7 +296,7 @@ fn damaged_files_name_the_file() {
 fn fast_wordpiece_tokenizer_matches_tokenizers() {
     let Some(dir) = model_dir() else { return };
     let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
-    let ours = modelhost_core::wordpiece::load(&bytes).expect("MiniLM's tokenizer takes the fast path");
+    let ours = modelhost_core::text::wordpiece::load(&bytes).expect("MiniLM's tokenizer takes the fast path");
     let mut theirs = tokenizers::Tokenizer::from_bytes(&bytes).unwrap();
     // The file's own padding and truncation (to 128) are not part of the fast path: `embedding` sets its own.
     theirs.with_padding(None).with_truncation(None).unwrap();

@@ -13,7 +13,7 @@ use modelhost_core::catalog::{CatalogEntry, ModelKind};
 use modelhost_core::config::LoadConfig;
 use modelhost_core::instances::{Generation, Host, HostOptions, InstanceHandle, LoadRequest, Prompt};
 use modelhost_core::storage::Progress;
-use modelhost_core::template::ChatMessage;
+use modelhost_core::text::ChatMessage;
 use modelhost_core::{BoxError, Error};
 use numpy::{ndarray::Array2, PyArray2};
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
