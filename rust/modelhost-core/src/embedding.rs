@@ -18,7 +18,7 @@
 //! The forward pass is our own, on `gemm` (the matmul kernel candle uses on the CPU) plus small fused
 //! kernels for layer norm, GELU, softmax and attention, because candle-transformers' `BertModel` pads
 //! every batch, allocates a tensor per op and packs the weights for every matmul, even for one short
-//! sentence, where streaming each weight row once (`kernels::linear_small`) is several times faster.
+//! sentence, where streaming each weight row once (`kernels::f32_matmul`) is several times faster.
 //! `tests/minilm_embedding.rs` checks it against sentence-transformers and has the timing report.
 
 use std::ops::Range;
@@ -27,8 +27,12 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{self as st, Dtype, SafeTensorInfo, SafetensorsHeader};
+use crate::kernels::f32_ops::{self, layer_norm_row, Activation, MIN_ROWS};
+use crate::kernels::{f32_attention, f32_matmul};
 use crate::storage::{self, ChunkedLoad, FileBytes, MappedFile, Progress};
 use crate::text::EmbeddingTokenizer;
 
@@ -114,17 +118,6 @@ struct BertConfig {
     max_position_embeddings: usize,
     type_vocab_size: usize,
     layer_norm_eps: f32,
-}
-
-/// The feed-forward activation (`hidden_act`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
-    /// Exact GELU, `x Φ(x)` with erf.
-    Gelu,
-    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
-    GeluTanh,
-    Relu,
-    Silu,
 }
 
 /// sentence-transformers' pooling modes; several may be on, and their outputs are concatenated.
@@ -965,13 +958,30 @@ impl Scratch {
     }
 }
 
+/// Embedding sums and their layer norm: `x[t] = LN(word[id] + type[tt] + pos[p])`.
+fn embed(w: &BertView<'_>, seqs: &[(&[u32], &[u32])], h: usize, eps: f32, x: &mut [f32]) {
+    let tokens: Vec<(u32, u32, usize)> = seqs
+        .iter()
+        .flat_map(|(ids, types)| ids.iter().zip(types.iter()).enumerate().map(|(p, (&id, &tt))| (id, tt, p)))
+        .collect();
+    x.par_chunks_mut(h).zip(tokens.par_iter()).with_min_len(MIN_ROWS).for_each(|(row, &(id, tt, p))| {
+        let word = &w.word[id as usize * h..][..h];
+        let ty = &w.token_type[tt as usize * h..][..h];
+        let pos = &w.position[p * h..][..h];
+        for (((o, a), b), c) in row.iter_mut().zip(word).zip(ty).zip(pos) {
+            *o = (a + b) + c;
+        }
+        layer_norm_row(row, w.ln_g, w.ln_b, eps);
+    });
+}
+
 /// Run the encoder over packed sequences (no padding); returns the final hidden states, `[T, hidden]`.
 fn forward<'s>(w: &BertView<'_>, c: &BertConfig, seqs: &[(&[u32], &[u32])], s: &'s mut Scratch) -> &'s [f32] {
     let h = c.hidden_size;
     let t: usize = seqs.iter().map(|(ids, _)| ids.len()).sum();
     let eps = c.layer_norm_eps;
     let x = &mut s.x[..t * h];
-    kernels::embed(w, seqs, h, eps, x);
+    embed(w, seqs, h, eps, x);
     let spans: Vec<(usize, usize)> = seqs
         .iter()
         .scan(0, |start, (ids, _)| {
@@ -986,16 +996,16 @@ fn forward<'s>(w: &BertView<'_>, c: &BertConfig, seqs: &[(&[u32], &[u32])], s: &
     let tmp = &mut s.tmp[..t * h];
     let inter = &mut s.inter[..t * c.intermediate_size];
     for l in &w.layers {
-        kernels::linear(x, t, h, l.q_w, l.q_b, h, qkv, 3 * h, 0);
-        kernels::linear(x, t, h, l.k_w, l.k_b, h, qkv, 3 * h, h);
-        kernels::linear(x, t, h, l.v_w, l.v_b, h, qkv, 3 * h, 2 * h);
-        kernels::attention(qkv, &spans, c.num_attention_heads, h, heads, ctx);
-        kernels::linear(ctx, t, h, l.o_w, l.o_b, h, tmp, h, 0);
-        kernels::add_layer_norm(x, tmp, l.ln1_g, l.ln1_b, eps);
-        kernels::linear(x, t, h, l.i_w, l.i_b, c.intermediate_size, inter, c.intermediate_size, 0);
-        kernels::activate(inter, c.activation);
-        kernels::linear(inter, t, c.intermediate_size, l.out_w, l.out_b, h, tmp, h, 0);
-        kernels::add_layer_norm(x, tmp, l.ln2_g, l.ln2_b, eps);
+        f32_matmul::linear(x, t, h, l.q_w, l.q_b, h, qkv, 3 * h, 0);
+        f32_matmul::linear(x, t, h, l.k_w, l.k_b, h, qkv, 3 * h, h);
+        f32_matmul::linear(x, t, h, l.v_w, l.v_b, h, qkv, 3 * h, 2 * h);
+        f32_attention::attention(qkv, &spans, c.num_attention_heads, h, heads, ctx);
+        f32_matmul::linear(ctx, t, h, l.o_w, l.o_b, h, tmp, h, 0);
+        f32_ops::add_layer_norm(x, tmp, l.ln1_g, l.ln1_b, eps);
+        f32_matmul::linear(x, t, h, l.i_w, l.i_b, c.intermediate_size, inter, c.intermediate_size, 0);
+        f32_ops::activate(inter, c.activation);
+        f32_matmul::linear(inter, t, c.intermediate_size, l.out_w, l.out_b, h, tmp, h, 0);
+        f32_ops::add_layer_norm(x, tmp, l.ln2_g, l.ln2_b, eps);
     }
     &s.x[..t * h]
 }
@@ -1063,519 +1073,13 @@ fn normalize(v: &mut [f32]) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------
-// Kernels
-// ---------------------------------------------------------------------------------------------------
-
-/// CPU kernels on f32 slices. Rows are tokens; every buffer is row-major.
-mod kernels {
-    use gemm::{gemm, Parallelism};
-    use rayon::prelude::*;
-
-    use super::{Activation, BertView};
-
-    /// At most this many tokens use the register-tiled kernel instead of `gemm`, whose packing of the
-    /// weights costs more than it saves for a few rows.
-    pub(super) const SMALL_T: usize = 16;
-    /// Output features per task in the small kernel.
-    const FEATURE_BLOCK: usize = 64;
-    /// Sequences at least this long compute attention with `gemm`.
-    pub(super) const ATTENTION_GEMM_LEN: usize = 48;
-    /// Rows per task for the row-wise kernels (layer norm, embeddings, activations).
-    const MIN_ROWS: usize = 16;
-
-    fn parallelism() -> Parallelism {
-        match rayon::current_num_threads() {
-            0 | 1 => Parallelism::None,
-            n => Parallelism::Rayon(n),
-        }
-    }
-
-    use simd::{dot, dots, sum, sum_sq_dev};
-
-    /// Reductions in explicit SIMD: the compiler will not reorder float sums by itself.
-    mod simd {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-        mod imp {
-            use std::arch::x86_64::*;
-
-            const W: usize = 8;
-
-            /// Horizontal sum of one vector.
-            #[inline(always)]
-            fn hsum(v: __m256) -> f32 {
-                // SAFETY: AVX is enabled at compile time (cfg above); these only shuffle registers.
-                unsafe {
-                    let lo = _mm256_castps256_ps128(v);
-                    let hi = _mm256_extractf128_ps(v, 1);
-                    let s = _mm_add_ps(lo, hi);
-                    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-                    _mm_cvtss_f32(s)
-                }
-            }
-
-            #[inline(always)]
-            pub fn sum(v: &[f32]) -> f32 {
-                let full = v.len() - v.len() % W;
-                // SAFETY: loads read v[i..i + 8] with i + 8 <= full <= v.len(); AVX2 is enabled.
-                let acc = unsafe {
-                    let mut acc = _mm256_setzero_ps();
-                    let mut i = 0;
-                    while i < full {
-                        acc = _mm256_add_ps(acc, _mm256_loadu_ps(v.as_ptr().add(i)));
-                        i += W;
-                    }
-                    acc
-                };
-                hsum(acc) + v[full..].iter().sum::<f32>()
-            }
-
-            /// Σ (v - mean)².
-            #[inline(always)]
-            pub fn sum_sq_dev(v: &[f32], mean: f32) -> f32 {
-                let full = v.len() - v.len() % W;
-                // SAFETY: as in `sum`.
-                let acc = unsafe {
-                    let m = _mm256_set1_ps(mean);
-                    let mut acc = _mm256_setzero_ps();
-                    let mut i = 0;
-                    while i < full {
-                        let d = _mm256_sub_ps(_mm256_loadu_ps(v.as_ptr().add(i)), m);
-                        acc = _mm256_fmadd_ps(d, d, acc);
-                        i += W;
-                    }
-                    acc
-                };
-                hsum(acc) + v[full..].iter().map(|x| (x - mean) * (x - mean)).sum::<f32>()
-            }
-
-            #[inline(always)]
-            pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-                dots::<1, 1>([a], [b])[0][0]
-            }
-
-            /// `R × C` dot products of slices of one length, in `R·C` vector accumulators, each weight
-            /// vector loaded once for all `C` rows.
-            #[inline(always)]
-            pub fn dots<const R: usize, const C: usize>(w: [&[f32]; R], x: [&[f32]; C]) -> [[f32; C]; R] {
-                let k = w[0].len();
-                assert!(w.iter().all(|s| s.len() == k) && x.iter().all(|s| s.len() == k));
-                let full = k - k % W;
-                let mut out = [[0f32; C]; R];
-                // SAFETY: every load reads [i, i + 8) with i + 8 <= full <= k, inside each slice (all
-                // have length k, asserted above); AVX2 and FMA are enabled at compile time.
-                unsafe {
-                    let mut acc = [[_mm256_setzero_ps(); C]; R];
-                    let mut i = 0;
-                    while i < full {
-                        let mut xv = [_mm256_setzero_ps(); C];
-                        for c in 0..C {
-                            xv[c] = _mm256_loadu_ps(x[c].as_ptr().add(i));
-                        }
-                        for r in 0..R {
-                            let wv = _mm256_loadu_ps(w[r].as_ptr().add(i));
-                            for c in 0..C {
-                                acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
-                            }
-                        }
-                        i += W;
-                    }
-                    for r in 0..R {
-                        for c in 0..C {
-                            let tail: f32 = w[r][full..].iter().zip(&x[c][full..]).map(|(a, b)| a * b).sum();
-                            out[r][c] = hsum(acc[r][c]) + tail;
-                        }
-                    }
-                }
-                out
-            }
-        }
-
-        /// Portable fallback (correct, not fast): builds without AVX2/FMA.
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-        mod imp {
-            pub fn sum(v: &[f32]) -> f32 {
-                v.iter().sum()
-            }
-
-            pub fn sum_sq_dev(v: &[f32], mean: f32) -> f32 {
-                v.iter().map(|x| (x - mean) * (x - mean)).sum()
-            }
-
-            pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-                a.iter().zip(b).map(|(x, y)| x * y).sum()
-            }
-
-            pub fn dots<const R: usize, const C: usize>(w: [&[f32]; R], x: [&[f32]; C]) -> [[f32; C]; R] {
-                let mut out = [[0f32; C]; R];
-                for r in 0..R {
-                    for c in 0..C {
-                        out[r][c] = dot(w[r], x[c]);
-                    }
-                }
-                out
-            }
-        }
-
-        pub use imp::*;
-    }
-
-    /// Embedding sums and their layer norm: `x[t] = LN(word[id] + type[tt] + pos[p])`.
-    pub(super) fn embed(w: &BertView<'_>, seqs: &[(&[u32], &[u32])], h: usize, eps: f32, x: &mut [f32]) {
-        let tokens: Vec<(u32, u32, usize)> = seqs
-            .iter()
-            .flat_map(|(ids, types)| ids.iter().zip(types.iter()).enumerate().map(|(p, (&id, &tt))| (id, tt, p)))
-            .collect();
-        x.par_chunks_mut(h).zip(tokens.par_iter()).with_min_len(MIN_ROWS).for_each(|(row, &(id, tt, p))| {
-            let word = &w.word[id as usize * h..][..h];
-            let ty = &w.token_type[tt as usize * h..][..h];
-            let pos = &w.position[p * h..][..h];
-            for (((o, a), b), c) in row.iter_mut().zip(word).zip(ty).zip(pos) {
-                *o = (a + b) + c;
-            }
-            layer_norm_row(row, w.ln_g, w.ln_b, eps);
-        });
-    }
-
-    #[inline(always)]
-    fn layer_norm_row(row: &mut [f32], g: &[f32], b: &[f32], eps: f32) {
-        let n = row.len() as f32;
-        let mean = sum(row) / n;
-        let var = sum_sq_dev(row, mean) / n;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
-            *v = ((*v - mean) * inv).mul_add(*g, *b);
-        }
-    }
-
-    /// `x = LN(x + delta)`, row by row.
-    pub(super) fn add_layer_norm(x: &mut [f32], delta: &[f32], g: &[f32], b: &[f32], eps: f32) {
-        let h = g.len();
-        x.par_chunks_mut(h).zip(delta.par_chunks(h)).with_min_len(MIN_ROWS).for_each(|(row, d)| {
-            for (v, d) in row.iter_mut().zip(d) {
-                *v += d;
-            }
-            layer_norm_row(row, g, b, eps);
-        });
-    }
-
-    /// `dst[r, col0..col0 + n] = x[r, ..k] · wᵀ + b` for the `t` rows of `x`, with `w` in PyTorch's
-    /// `[n, k]` layout and `dst` rows `dst_rs` apart.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn linear(
-        x: &[f32],
-        t: usize,
-        k: usize,
-        w: &[f32],
-        b: &[f32],
-        n: usize,
-        dst: &mut [f32],
-        dst_rs: usize,
-        col0: usize,
-    ) {
-        // The bounds `gemm` relies on; shapes were validated at load, so these never fire.
-        assert!(x.len() >= t * k && w.len() == n * k && b.len() == n && col0 + n <= dst_rs && dst.len() >= t * dst_rs);
-        if t == 0 || n == 0 {
-            return;
-        }
-        if t <= SMALL_T {
-            return linear_small(x, t, k, w, b, n, dst, dst_rs, col0);
-        }
-        for row in dst.chunks_mut(dst_rs).take(t) {
-            row[col0..col0 + n].copy_from_slice(b);
-        }
-        // SAFETY: the assert above keeps every access in bounds: lhs rows r < t of length k at stride k,
-        // rhs element (i, j) = w[j·k + i] with i < k, j < n, dst element (r, j) at r·dst_rs + col0 + j
-        // with j < n ≤ dst_rs - col0. No other reference to `dst` is alive.
-        unsafe {
-            gemm(
-                t,
-                n,
-                k,
-                dst.as_mut_ptr().add(col0),
-                1,
-                dst_rs as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
-            );
-        }
-    }
-
-    /// A few rows: each output feature's weight row is read once from memory and dotted with up to
-    /// eight rows of `x` at a time in registers (weights stream at memory speed; `gemm` would first
-    /// pack them).
-    #[allow(clippy::too_many_arguments)]
-    fn linear_small(
-        x: &[f32],
-        t: usize,
-        k: usize,
-        w: &[f32],
-        b: &[f32],
-        n: usize,
-        dst: &mut [f32],
-        dst_rs: usize,
-        col0: usize,
-    ) {
-        let blocks: Vec<usize> = (0..n).step_by(FEATURE_BLOCK).collect();
-        // Each task fills a [features, t] tile; tiles are then written out row by row.
-        let tiles: Vec<Vec<f32>> = blocks
-            .par_iter()
-            .map(|&f0| {
-                let f1 = (f0 + FEATURE_BLOCK).min(n);
-                let mut tile = vec![0f32; (f1 - f0) * t];
-                let xr = |r: usize| &x[r * k..(r + 1) * k];
-                let wr = |f: usize| &w[f * k..(f + 1) * k];
-                for f in f0..f1 {
-                    let wf = wr(f);
-                    let out = &mut tile[(f - f0) * t..(f - f0 + 1) * t];
-                    let mut r = 0;
-                    while r + 8 <= t {
-                        let d = dots::<1, 8>([wf], std::array::from_fn(|i| xr(r + i)));
-                        out[r..r + 8].copy_from_slice(&d[0]);
-                        r += 8;
-                    }
-                    if r + 4 <= t {
-                        let d = dots::<1, 4>([wf], std::array::from_fn(|i| xr(r + i)));
-                        out[r..r + 4].copy_from_slice(&d[0]);
-                        r += 4;
-                    }
-                    for (r, o) in out.iter_mut().enumerate().skip(r) {
-                        *o = dot(wf, xr(r));
-                    }
-                }
-                tile
-            })
-            .collect();
-        for (&f0, tile) in blocks.iter().zip(&tiles) {
-            let width = tile.len() / t;
-            for (r, row) in dst.chunks_mut(dst_rs).take(t).enumerate() {
-                for (j, out) in row[col0 + f0..col0 + f0 + width].iter_mut().enumerate() {
-                    *out = tile[j * t + r] + b[f0 + j];
-                }
-            }
-        }
-    }
-
-    /// Multi-head self-attention of each sequence (`spans` = (first token, length)) over the packed
-    /// `[T, 3h]` query/key/value rows. Heads run in parallel into the head-major `heads` buffer
-    /// (`[n_heads, T, d]`), which is then interleaved into `ctx` (`[T, h]`).
-    pub(super) fn attention(
-        qkv: &[f32],
-        spans: &[(usize, usize)],
-        n_heads: usize,
-        h: usize,
-        heads: &mut [f32],
-        ctx: &mut [f32],
-    ) {
-        let d = h / n_heads;
-        let t = ctx.len() / h;
-        assert!(qkv.len() >= t * 3 * h && heads.len() >= t * h && spans.iter().all(|&(s, l)| s + l <= t));
-        let scale = 1.0 / (d as f32).sqrt();
-        heads.par_chunks_mut(t * d).enumerate().for_each(|(head, out)| {
-            let mut scores = Vec::new();
-            for &(start, len) in spans {
-                let out = &mut out[start * d..(start + len) * d];
-                scores.clear();
-                scores.resize(len * len, 0.0);
-                attend(qkv, h, d, head * d, start, len, scale, &mut scores, out);
-            }
-        });
-        ctx.par_chunks_mut(h).enumerate().with_min_len(MIN_ROWS).for_each(|(tok, row)| {
-            for (head, dst) in row.chunks_exact_mut(d).enumerate() {
-                dst.copy_from_slice(&heads[(head * t + tok) * d..][..d]);
-            }
-        });
-    }
-
-    /// One head of one sequence: `out = softmax(q kᵀ · scale) v`, `scores` holding `len²` floats.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        qkv: &[f32],
-        h: usize,
-        d: usize,
-        col: usize,
-        start: usize,
-        len: usize,
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let stride = 3 * h;
-        let row = |r: usize, part: usize| &qkv[(start + r) * stride + part * h + col..][..d];
-        if len >= ATTENTION_GEMM_LEN {
-            let base = start * stride + col;
-            // SAFETY: the caller checked start + len <= T and qkv holds T rows of 3h; row r's query,
-            // key and value at base + r·stride + {0, h, 2h} + [0, d) stay inside it. scores holds
-            // len², out len·d floats, and nothing else borrows them.
-            unsafe {
-                gemm(
-                    len,
-                    len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    qkv.as_ptr().add(base),
-                    1,
-                    stride as isize,
-                    qkv.as_ptr().add(base + h),
-                    stride as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            scores.chunks_exact_mut(len).for_each(softmax);
-            // SAFETY: as above.
-            unsafe {
-                gemm(
-                    len,
-                    d,
-                    len,
-                    out.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    qkv.as_ptr().add(base + 2 * h),
-                    1,
-                    stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            return;
-        }
-        for (r, (p, o)) in scores.chunks_exact_mut(len).zip(out.chunks_exact_mut(d)).enumerate() {
-            let q = row(r, 0);
-            for (c, s) in p.iter_mut().enumerate() {
-                *s = dot(q, row(c, 1)) * scale;
-            }
-            softmax(p);
-            o.fill(0.0);
-            for (c, &w) in p.iter().enumerate() {
-                for (a, &v) in o.iter_mut().zip(row(c, 2)) {
-                    *a = w.mul_add(v, *a);
-                }
-            }
-        }
-    }
-
-    fn softmax(row: &mut [f32]) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for v in row.iter_mut() {
-            *v = exp(*v - max);
-        }
-        let inv = 1.0 / sum(row);
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
-    }
-
-    /// The feed-forward activation, in place.
-    pub(super) fn activate(v: &mut [f32], act: Activation) {
-        v.par_chunks_mut(4096).for_each(|chunk| match act {
-            Activation::Gelu => chunk.iter_mut().for_each(|x| *x = gelu(*x)),
-            Activation::GeluTanh => chunk.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
-            Activation::Relu => chunk.iter_mut().for_each(|x| *x = x.max(0.0)),
-            Activation::Silu => chunk.iter_mut().for_each(|x| *x = *x / (1.0 + exp(-*x))),
-        });
-    }
-
-    /// `e^x` for f32, branch-free so loops over it vectorise (Cephes `expf`: 2^n · e^r with
-    /// |r| ≤ ln2/2 and a degree-7 polynomial; relative error about 1e-7). Inputs are clamped to the
-    /// normal range, so very negative ones give ~1e-38 rather than 0.
-    #[inline(always)]
-    pub(super) fn exp(x: f32) -> f32 {
-        const LN2_HI: f32 = 0.693_359_4;
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        let x = x.clamp(-87.3, 88.0);
-        let n = x.mul_add(std::f32::consts::LOG2_E, 0.5).floor();
-        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
-        let mut p = 1.987_569_1e-4_f32;
-        p = p.mul_add(r, 1.398_199_9e-3);
-        p = p.mul_add(r, 8.333_452e-3);
-        p = p.mul_add(r, 4.166_579_6e-2);
-        p = p.mul_add(r, 1.666_666_5e-1);
-        p = p.mul_add(r, 0.5);
-        let y = p.mul_add(r * r, r) + 1.0;
-        y * f32::from_bits(((n as i32 + 127) as u32) << 23)
-    }
-
-    /// erf for f32, branch-free (Eigen's rational approximation, within a few ulp; beyond |x| = 3.92
-    /// erf rounds to ±1 in f32, which the approximation misses by an ulp, so it is selected exactly).
-    #[inline(always)]
-    pub(super) fn erf(x: f32) -> f32 {
-        const SATURATED: f32 = 3.92;
-        let saturated = 1f32.copysign(x);
-        let big = x.abs() >= SATURATED;
-        let x = x.clamp(-4.0, 4.0);
-        let x2 = x * x;
-        let mut p = -2.726_142_3e-10_f32;
-        p = p.mul_add(x2, 2.770_681_4e-8);
-        p = p.mul_add(x2, -2.101_024e-6);
-        p = p.mul_add(x2, -5.692_506_4e-5);
-        p = p.mul_add(x2, -7.349_906_3e-4);
-        p = p.mul_add(x2, -2.9546e-3);
-        p = p.mul_add(x2, -1.609_603_3e-2);
-        let mut q = -1.456_607_2e-5_f32;
-        q = q.mul_add(x2, -2.133_740_6e-4);
-        q = q.mul_add(x2, -1.682_827e-3);
-        q = q.mul_add(x2, -7.373_329e-3);
-        q = q.mul_add(x2, -1.426_474e-2);
-        if big {
-            saturated
-        } else {
-            x * p / q
-        }
-    }
-
-    /// Exact GELU, `x/2 · (1 + erf(x/√2))`, as PyTorch's default.
-    #[inline(always)]
-    pub(super) fn gelu(x: f32) -> f32 {
-        0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
-    }
-
-    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
-    #[inline(always)]
-    pub(super) fn gelu_tanh(x: f32) -> f32 {
-        const C: f32 = 0.797_884_6; // √(2/π)
-        let y = C * x.mul_add(0.044_715 * x * x, x);
-        // tanh(y) = 1 - 2 / (e^{2y} + 1), saturating cleanly at ±1.
-        let tanh = 1.0 - 2.0 / (exp(2.0 * y) + 1.0);
-        0.5 * x * (1.0 + tanh)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::formats::safetensors_writer as writer;
+    use crate::kernels::f32_ops::reference::act64;
     use crate::BoxError;
 
     /// Words of the tiny vocabulary (after the five special tokens).
@@ -1817,30 +1321,6 @@ mod tests {
     // A plain f64 reference: one sequence at a time, no packing, no SIMD, textbook formulas.
     // ------------------------------------------------------------------------------------------------
 
-    fn erf64(x: f64) -> f64 {
-        if x.abs() > 5.0 {
-            return x.signum();
-        }
-        // Maclaurin series; exact to ~1e-12 for |x| <= 5 in f64.
-        let (mut term, mut total, mut n) = (x, x, 0.0);
-        while term.abs() > 1e-17 {
-            n += 1.0;
-            term *= -x * x / n;
-            total += term / (2.0 * n + 1.0);
-        }
-        total * 2.0 / std::f64::consts::PI.sqrt()
-    }
-
-    fn act64(x: f64, act: &str) -> f64 {
-        match act {
-            "gelu" => 0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2)),
-            "gelu_new" => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh()),
-            "relu" => x.max(0.0),
-            "silu" => x / (1.0 + (-x).exp()),
-            other => panic!("{other}"),
-        }
-    }
-
     fn reference(w: &Weights, t: &Tiny, ids: &[u32]) -> Vec<f64> {
         let g = |name: &str| -> Vec<f64> { w[name].1.iter().map(|&v| f64::from(v)).collect() };
         let (h, n, d) = (t.hidden, ids.len(), t.hidden / t.heads);
@@ -1972,7 +1452,7 @@ mod tests {
         let w = write_model(&dir.0, &t);
         let model = load(&dir.0).unwrap();
         assert_eq!((model.dim(), model.max_seq_length(), model.architecture()), (36, 64, "bert"));
-        assert!(texts().iter().any(|s| model.tokenize(s).unwrap().len() >= kernels::ATTENTION_GEMM_LEN));
+        assert!(texts().iter().any(|s| model.tokenize(s).unwrap().len() >= f32_attention::ATTENTION_GEMM_LEN));
         check_against_reference(&t, &model, &w);
     }
 
@@ -2274,29 +1754,6 @@ mod tests {
                 s.spawn(move || assert_eq!(model.embed(&["the red cat sat"]).unwrap(), want));
             }
         });
-    }
-
-    #[test]
-    fn math_kernels_are_accurate() {
-        let mut worst = (0f64, 0f64, 0f64, 0f64);
-        for i in -20_000..=20_000 {
-            let x = i as f32 * 0.0005; // [-10, 10]
-            let e = f64::from(x).exp();
-            worst.0 = worst.0.max((f64::from(kernels::exp(x)) - e).abs() / e);
-            worst.1 = worst.1.max((f64::from(kernels::erf(x)) - erf64(f64::from(x))).abs());
-            worst.2 = worst.2.max((f64::from(kernels::gelu(x)) - act64(f64::from(x), "gelu")).abs());
-            worst.3 = worst.3.max((f64::from(kernels::gelu_tanh(x)) - act64(f64::from(x), "gelu_new")).abs());
-        }
-        assert!(worst.0 < 3e-7, "exp relative error {}", worst.0);
-        // Eigen's approximation is a few ulp off near |x| = 3.3 (4e-7), harmless at 1e-4 tolerances.
-        assert!(worst.1 < 5e-7, "erf abs error {}", worst.1);
-        assert!(worst.2 < 2e-6, "gelu abs error {}", worst.2);
-        assert!(worst.3 < 2e-6, "gelu_tanh abs error {}", worst.3);
-        assert_eq!(kernels::exp(-1000.0).to_bits(), kernels::exp(-87.3).to_bits());
-        assert!(kernels::exp(1000.0).is_finite());
-        assert_eq!(kernels::gelu(-20.0), 0.0);
-        assert_eq!(kernels::erf(3.95), 1.0);
-        assert_eq!(kernels::gelu(20.0), 20.0);
     }
 
     #[test]
