@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::embedding;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{self, Value};
 use crate::llm;
+use crate::models::bert;
 
 /// How many close matches a "not found" error lists.
 const SUGGESTIONS: usize = 3;
@@ -220,7 +220,7 @@ fn describe(c: &Candidate) -> Result<CatalogEntry> {
             describe_gguf(c, size)
         }
         Some(ModelFormat::Safetensors) => {
-            let info = embedding::inspect(&c.path).map_err(|e| e.with_path(&c.path))?;
+            let info = bert::inspect(&c.path).map_err(|e| e.with_path(&c.path))?;
             let size = std::fs::metadata(&info.weights_path).map(|m| m.len()).unwrap_or(info.weights_bytes);
             Ok(CatalogEntry {
                 model_key: c.key.clone(),

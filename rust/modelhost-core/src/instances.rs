@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use crate::catalog::{Catalog, CatalogEntry, ModelKind};
 use crate::config::{self, LoadConfig};
-use crate::embedding::{EmbeddingLoadOptions, EmbeddingModel};
 use crate::error::{Error, Result};
 use crate::formats::gguf;
 use crate::llm::{Fragment, GenerationState, LlamaParams, LlmModel, LlmSession, PredictionStats};
+use crate::models::bert::{EmbeddingLoadOptions, EmbeddingModel};
 use crate::placement::Placement;
 use crate::storage::{self, FileBytes, Progress};
 use crate::text::ChatMessage;

@@ -8,12 +8,12 @@
 
 pub mod catalog;
 pub mod config;
-pub mod embedding;
 pub mod error;
 pub mod formats;
 pub mod instances;
 pub mod kernels;
 pub mod llm;
+pub mod models;
 pub mod placement;
 pub mod storage;
 pub mod text;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use modelhost_core::embedding::{inspect, EmbeddingLoadOptions, EmbeddingModel};
+use modelhost_core::models::bert::{inspect, EmbeddingLoadOptions, EmbeddingModel};
 use modelhost_core::storage::{self, Progress};
 use modelhost_core::{BoxError, Error};
 

@@ -1,0 +1,2 @@
+//! Models: one file or folder per architecture.
+pub mod bert;
