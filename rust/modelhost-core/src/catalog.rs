@@ -8,7 +8,6 @@ use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{self, Value};
-use crate::llm;
 use crate::models::bert;
 
 /// How many close matches a "not found" error lists.
@@ -185,7 +184,7 @@ fn is_alias(alias: &str, key: &str) -> bool {
 fn describe_gguf(c: &Candidate, size: u64) -> Result<CatalogEntry> {
     let h = gguf::read_summary(&c.path)?;
     let arch = h.get("general.architecture").and_then(Value::as_str).unwrap_or("unknown").to_string();
-    let (params, quantization) = llm::describe(&h);
+    let (params, quantization) = (h.param_count(), h.quantization());
     let max_ctx = h.arch_get("context_length").and_then(Value::as_u64).unwrap_or(0) as usize;
     let template = h.get("tokenizer.chat_template").and_then(Value::as_str).unwrap_or("");
     Ok(CatalogEntry {

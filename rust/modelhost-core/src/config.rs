@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::llm::PredictionConfig;
+use crate::models::PredictionConfig;
 use crate::placement::{GpuConfig, SplitStrategy};
 
 /// Prompt chunk size when none is given (llama.cpp's `n_batch` default).

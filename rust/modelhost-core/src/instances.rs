@@ -14,8 +14,8 @@ use crate::catalog::{Catalog, CatalogEntry, ModelKind};
 use crate::config::{self, LoadConfig};
 use crate::error::{Error, Result};
 use crate::formats::gguf;
-use crate::llm::{Fragment, GenerationState, LlamaParams, LlmModel, LlmSession, PredictionStats};
 use crate::models::bert::{EmbeddingLoadOptions, EmbeddingModel};
+use crate::models::{Architecture, Fragment, GenerationState, LlmModel, LlmSession, PredictionStats};
 use crate::placement::Placement;
 use crate::storage::{self, FileBytes, Progress};
 use crate::text::ChatMessage;
@@ -655,7 +655,7 @@ fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
             // SAFETY: read-only map used only to read the header, dropped at the end of this scope.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(&entry.path, e.to_string()))?;
             let header = gguf::parse_summary(&map, &entry.path)?;
-            let params = LlamaParams::from_header(&header, &entry.path)?;
+            let params = Architecture::of(&header, &entry.path)?.params(&header, &entry.path)?;
             let ctx = config.resolve_context_length(params.max_context)?;
             let eval_batch_size = config.resolve_eval_batch_size(ctx)?;
             let placement = Placement::plan(params.n_layer, &config.gpu)?;

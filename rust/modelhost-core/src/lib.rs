@@ -12,7 +12,6 @@ pub mod error;
 pub mod formats;
 pub mod instances;
 pub mod kernels;
-pub mod llm;
 pub mod models;
 pub mod placement;
 pub mod storage;

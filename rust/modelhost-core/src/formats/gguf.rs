@@ -160,6 +160,21 @@ impl GgufHeader {
     pub fn tensor_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.size as u64).sum()
     }
+
+    /// Number of elements over all tensors (the parameter count).
+    pub fn param_count(&self) -> u64 {
+        self.tensors.iter().map(|t| t.dims.iter().map(|&d| d as u64).product::<u64>()).sum()
+    }
+
+    /// The quantization that names the file (`Q4_1`, `F16`, …): the type holding the most bytes among the 2-D
+    /// weights, as llama.cpp's `file_type` does; "unknown" when there are none.
+    pub fn quantization(&self) -> String {
+        let mut counts = HashMap::new();
+        for t in self.tensors.iter().filter(|t| t.dims.len() == 2) {
+            *counts.entry(dtype_name(t.dtype)).or_insert(0u64) += t.size as u64;
+        }
+        counts.into_iter().max_by_key(|&(_, n)| n).map_or("unknown", |(q, _)| q).to_string()
+    }
 }
 
 /// Map a ggml type id to candle's dtype (ids from ggml.h).
