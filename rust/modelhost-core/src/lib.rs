@@ -6,15 +6,18 @@
 //! and chats into prompts.
 #![deny(missing_docs)]
 
-pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod formats;
-pub mod instances;
+pub mod host;
 pub mod kernels;
 pub mod models;
-pub mod placement;
 pub mod storage;
 pub mod text;
 
+pub use config::LoadConfig;
 pub use error::{BoxError, Error, Result};
+pub use host::catalog::{CatalogEntry, ModelKind};
+pub use host::{Generation, Host, HostOptions, InstanceHandle, LoadRequest, MemoryEstimate, Prompt};
+pub use storage::Progress;
+pub use text::ChatMessage;

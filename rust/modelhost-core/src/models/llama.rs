@@ -20,7 +20,7 @@ use super::params::LlmParams;
 use super::Decoder;
 use crate::error::Result;
 use crate::formats::gguf::GgufHeader;
-use crate::placement::Placement;
+use crate::host::placement::Placement;
 
 /// Llama's hyper-parameters: the common decoder keys, nothing of its own.
 pub(crate) fn params(header: &GgufHeader, path: &Path) -> Result<LlmParams> {

@@ -21,7 +21,7 @@ use super::session::LlmSession;
 use super::{Architecture, Decoder};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
-use crate::placement::Placement;
+use crate::host::placement::Placement;
 use crate::storage::{self, FileBytes, LockedPages, MappedFile, PageLock, Progress};
 use crate::text::{ChatMessage, ChatTemplate, GgufTokenizer};
 

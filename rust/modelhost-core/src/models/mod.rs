@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
-use crate::placement::Placement;
+use crate::host::placement::Placement;
 use blocks::embeddings::TokenEmbeddings;
 use blocks::kv_cache::KvCache;
 use blocks::linear::Linear;
