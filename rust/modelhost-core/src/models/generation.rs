@@ -227,3 +227,77 @@ impl GenerationState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(stop_strings: &[&str]) -> GenerationState {
+        let config = PredictionConfig {
+            stop_strings: stop_strings.iter().map(|s| s.to_string()).collect(),
+            seed: Some(0),
+            ..PredictionConfig::default()
+        };
+        GenerationState::new(vec![1, 2, 3], config)
+    }
+
+    #[test]
+    fn a_character_split_over_tokens_waits_for_its_last_byte() {
+        let mut st = state(&[]);
+        let e_acute = "é".as_bytes();
+        assert!(!st.push_token(10, &e_acute[..1]));
+        assert!(st.emit_ready().is_none(), "half a character is not emitted");
+        assert!(!st.push_token(11, &e_acute[1..]));
+        let f = st.emit_ready().unwrap();
+        assert_eq!((f.content.as_str(), f.tokens.as_slice()), ("é", &[10, 11][..]));
+        // Invalid bytes become U+FFFD at once; a truncated character at the end is flushed as one.
+        st.push_token(12, b"\xff");
+        assert_eq!(st.emit_ready().unwrap().content, "\u{fffd}");
+        st.push_token(13, &e_acute[..1]);
+        st.finish(StopReason::MaxPredictedTokensReached);
+        let last = st.flush().unwrap();
+        assert_eq!((last.content.as_str(), last.tokens.as_slice()), ("\u{fffd}", &[13][..]));
+        assert_eq!(st.content(), "é\u{fffd}\u{fffd}");
+        assert_eq!(st.stats().stop_reason, StopReason::MaxPredictedTokensReached);
+    }
+
+    #[test]
+    fn text_that_may_start_a_stop_string_is_held_back_and_the_stop_string_is_never_emitted() {
+        let mut st = state(&["</end>"]);
+        assert!(!st.push_token(1, b"Hello <"));
+        assert_eq!(st.emit_ready().unwrap().content, "Hello ");
+        assert!(!st.push_token(2, b"/en"));
+        assert!(st.emit_ready().is_none(), "\"</en\" may still become the stop string");
+        assert!(st.push_token(3, b"d> more"));
+        assert!(st.is_done());
+        assert!(st.emit_ready().is_none());
+        let last = st.flush().unwrap();
+        assert_eq!((last.content.as_str(), last.tokens.as_slice()), ("", &[2, 3][..]));
+        assert_eq!(st.content(), "Hello ");
+        assert_eq!(st.tokens(), &[1, 2, 3]);
+        let stats = st.stats();
+        assert_eq!(
+            (stats.stop_reason, stats.prompt_tokens_count, stats.predicted_tokens_count),
+            (StopReason::StopStringFound, 3, 3)
+        );
+    }
+
+    #[test]
+    fn a_held_back_prefix_that_does_not_complete_is_emitted() {
+        let mut st = state(&["STOP"]);
+        st.push_token(1, b"ST");
+        assert!(st.emit_ready().is_none());
+        st.push_token(2, b"AY");
+        assert_eq!(st.emit_ready().unwrap().content, "STAY");
+        assert!(!st.is_done());
+    }
+
+    #[test]
+    fn the_repeat_window_is_the_last_tokens_of_prompt_and_prediction() {
+        let mut st = GenerationState::new((0..100).collect(), PredictionConfig::default());
+        st.push_token(500, b"x");
+        let recent = st.recent();
+        assert_eq!(recent.len(), REPEAT_LAST_N);
+        assert_eq!((recent[0], *recent.last().unwrap()), (100 + 1 - REPEAT_LAST_N as u32, 500));
+    }
+}

@@ -8,7 +8,7 @@
 //!   and pieces missing from the vocabulary fall back to `<0xXX>` byte tokens.
 //!
 //! llama.cpp also derives things from the token texts (end-of-generation tokens, FIM tokens, which
-//! tokens count as control tokens); that is reproduced here rule for rule, see `detect_special`.
+//! tokens count as control tokens); that is reproduced here rule for rule, see `gguf_vocab::detect_special`.
 
 use std::fmt;
 use std::path::Path;
