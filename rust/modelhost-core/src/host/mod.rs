@@ -7,12 +7,6 @@
 //! `instance` joins the `table`, served through `InstanceHandle`s (`queue`) until it is unloaded or its
 //! `ttl` expires.
 
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
-
 pub mod budget;
 pub mod catalog;
 pub mod instance;
@@ -21,6 +15,12 @@ pub mod placement;
 mod queue;
 mod table;
 mod ttl;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use catalog::{Catalog, CatalogEntry, ModelKind};
 use instance::{Activity, Instance, LoadedModel, ReleaseFreedMemory};

@@ -9,13 +9,6 @@
 //!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`.
 //! - `on_pool` (`pool`): a whole forward pass on rayon's workers, kept awake between its loops.
 
-use std::ops::Range;
-use std::sync::Arc;
-
-use half::f16;
-
-use crate::storage::MappedFile;
-
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod avx2;
 pub(crate) mod f32_attention;
@@ -26,6 +19,13 @@ mod pool;
 mod scalar;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod vnni;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::storage::MappedFile;
 
 pub use pool::on_pool;
 

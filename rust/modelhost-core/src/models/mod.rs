@@ -9,6 +9,16 @@
 //!
 //! Embedding models: `bert`, a BERT-family sentence-transformers folder on the f32 kernels.
 
+pub mod bert;
+pub(crate) mod blocks;
+pub mod generation;
+mod gguf_loader;
+mod llama;
+pub mod llm;
+pub mod params;
+pub mod sampling;
+pub mod session;
+
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -21,16 +31,6 @@ use blocks::kv_cache::KvCache;
 use blocks::linear::Linear;
 use blocks::rope::Rope;
 use gguf_loader::GgufLoader;
-
-pub mod bert;
-pub(crate) mod blocks;
-pub mod generation;
-mod gguf_loader;
-mod llama;
-pub mod llm;
-pub mod params;
-pub mod sampling;
-pub mod session;
 
 pub use generation::{Fragment, GenerationState, PredictionStats, StopReason};
 pub use llm::LlmModel;
