@@ -3,8 +3,8 @@
 //! unknown keys are `InvalidConfig`, recognised-but-unimplemented options at a non-default value `NotSupported`;
 //! the core checks the ranges.
 
-use modelhost_core::catalog::ModelKind;
 use modelhost_core::Error;
+use modelhost_core::ModelKind;
 use serde_json::{json, Map, Value};
 
 /// A recognised option, its snake_case name (the camelCase one is derived unless given), and how it is taken.

@@ -7,10 +7,10 @@ use std::time::{Instant, UNIX_EPOCH};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use modelhost_core::catalog::{CatalogEntry, ModelKind};
-use modelhost_core::config::LoadConfig;
-use modelhost_core::instances::{LoadRequest, LoadedBy};
-use modelhost_core::weights::Progress;
+use modelhost_core::LoadConfig;
+use modelhost_core::Progress;
+use modelhost_core::{CatalogEntry, ModelKind};
+use modelhost_core::{LoadRequest, LoadedBy};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

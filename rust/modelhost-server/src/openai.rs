@@ -10,10 +10,10 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use modelhost_core::catalog::ModelKind;
-use modelhost_core::instances::InstanceHandle;
-use modelhost_core::llm::StopReason;
-use modelhost_core::template::ChatMessage;
+use modelhost_core::models::StopReason;
+use modelhost_core::ChatMessage;
+use modelhost_core::InstanceHandle;
+use modelhost_core::ModelKind;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 

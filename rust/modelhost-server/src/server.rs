@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::routing::{get, post};
 use axum::Router;
-use modelhost_core::instances::Host;
+use modelhost_core::Host;
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::CorsLayer;

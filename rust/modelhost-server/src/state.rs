@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
-use modelhost_core::instances::{Host, InstanceHandle};
+use modelhost_core::{Host, InstanceHandle};
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{error_of, models_dir, parse_sse, run, TestServer, EMB_KEY, LLM_FILE, LLM_KEY};
-use modelhost_core::catalog::ModelKind;
-use modelhost_core::config::LoadConfig;
-use modelhost_core::instances::{Host, HostOptions, LoadRequest};
-use modelhost_core::weights::Progress;
+use modelhost_core::LoadConfig;
+use modelhost_core::ModelKind;
+use modelhost_core::Progress;
+use modelhost_core::{Host, HostOptions, LoadRequest};
 use modelhost_server::ServerConfig;
 use serde_json::{json, Value};
 

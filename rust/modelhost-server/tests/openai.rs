@@ -4,11 +4,11 @@ mod common;
 
 use base64::Engine as _;
 use common::{error_of, parse_sse, run, TestServer, EMB_KEY, LLM_KEY};
-use modelhost_core::catalog::ModelKind;
-use modelhost_core::config::LoadConfig;
-use modelhost_core::instances::{LoadRequest, Prompt};
-use modelhost_core::template::ChatMessage;
-use modelhost_core::weights::Progress;
+use modelhost_core::ChatMessage;
+use modelhost_core::LoadConfig;
+use modelhost_core::ModelKind;
+use modelhost_core::Progress;
+use modelhost_core::{LoadRequest, Prompt};
 use serde_json::{json, Value};
 
 fn chat_body(model: &str, extra: Value) -> Value {

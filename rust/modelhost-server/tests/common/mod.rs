@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use modelhost_core::instances::{Host, HostOptions};
+use modelhost_core::{Host, HostOptions};
 use modelhost_server::{RunningServer, ServerConfig};
 use serde_json::Value;
 
