@@ -477,3 +477,59 @@ fn nothing_outside_the_models_dir() {
         std::fs::remove_dir_all(&root).unwrap();
     });
 }
+
+#[test]
+fn never_evicts_in_flight_and_jit_loads_outlive_their_client() {
+    run(async {
+        let options = HostOptions { max_loaded: Some(1), auto_evict: true, ..HostOptions::default() };
+        let t = TestServer::over(Host::new(models_dir(), options).unwrap(), ServerConfig::default());
+        // A cold request whose client goes away while its load runs: the load goes on for the next request,
+        // which gets the same instance (one load, never `:2`).
+        let body = json!({"model": LLM_KEY, "prompt": "Hi", "max_tokens": 1}).to_string();
+        let addr = t.server.local_addr();
+        let raw = body.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut socket = std::net::TcpStream::connect(addr).unwrap();
+            write!(
+                socket,
+                "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{raw}",
+                raw.len()
+            )
+            .unwrap();
+            // Long enough for the handler to start the load; the socket then closes without reading an answer.
+            std::thread::sleep(Duration::from_millis(20));
+        })
+        .await
+        .unwrap();
+        let r = t.client.post(t.url("/v1/completions")).header("content-type", "application/json").body(body);
+        assert_eq!(r.send().await.unwrap().status(), 200);
+        let loaded: Vec<String> = t.host.list_loaded(None).into_iter().map(|h| h.identifier).collect();
+        assert_eq!(loaded, [LLM_KEY]);
+
+        // With room for one instance, a busy one is never evicted: the embedding load is refused instead.
+        let long = json!({"model": LLM_KEY, "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 2000, "temperature": 0,
+                          "stream": true});
+        let mut stream = t.client.post(t.url("/v1/completions")).json(&long).send().await.unwrap();
+        assert_eq!(stream.status(), 200);
+        stream.chunk().await.unwrap();
+        let (status, body) = t.post("/v1/embeddings", json!({"model": EMB_KEY, "input": "x"})).await;
+        assert_eq!((status, error_of(&body).1), (507, "insufficient_memory"), "{body}");
+        assert!(stream.chunk().await.unwrap().is_some(), "the stream stopped");
+        assert!(t.host.instance(LLM_KEY).unwrap().is_loaded());
+        // Idle again, it is evicted to make room.
+        drop(stream);
+        let started = Instant::now();
+        loop {
+            let (status, _) = t.post("/v1/embeddings", json!({"model": EMB_KEY, "input": "x"})).await;
+            if status == 200 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the idle instance was never evicted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let loaded: Vec<String> = t.host.list_loaded(None).into_iter().map(|h| h.identifier).collect();
+        assert_eq!(loaded, [EMB_KEY]);
+    });
+}
