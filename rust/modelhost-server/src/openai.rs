@@ -375,7 +375,7 @@ async fn generate(
     let config = Value::Object(req.prediction_config());
     let mut stream = start_generation(&state, handle.clone(), input, config, permit, Arc::new(AtomicBool::new(false)));
     let prompt_tokens = stream.ready().await.map_err(|e| match e.code {
-        "invalid_config" | "context_length_exceeded" => e.or_param(if chat { "messages" } else { "prompt" }),
+        "context_length_exceeded" => e.or_param(if chat { "messages" } else { "prompt" }),
         _ => e,
     })?;
     let id = state.new_id(if chat { "chatcmpl" } else { "cmpl" });

@@ -288,7 +288,7 @@ fn single_flight_queue_cancel_and_ttl() {
         let t = TestServer::with(ServerConfig { queue_limit: 2, ..ServerConfig::default() });
         // Eight cold requests at once: one instance, never `:2`.
         let body = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}],
-                          "max_tokens": 2, "ttl": 2});
+                          "max_tokens": 2, "ttl": 5});
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let (client, url, body) = (t.client.clone(), t.url("/v1/chat/completions"), body.clone());
@@ -336,8 +336,8 @@ fn single_flight_queue_cancel_and_ttl() {
         let handle = t.host.instance(LLM_KEY).unwrap();
         assert_eq!(handle.info().unwrap()["in_flight"], 0);
 
-        // The request's ttl applied when it loaded: the instance goes after 2 idle seconds.
-        assert_eq!(handle.info().unwrap()["ttl"], 2.0);
+        // The request's ttl applied when it loaded: the instance goes after 5 idle seconds.
+        assert_eq!(handle.info().unwrap()["ttl"], 5.0);
         let started = Instant::now();
         while handle.is_loaded() {
             assert!(started.elapsed() < Duration::from_secs(30), "TTL never expired");
@@ -353,7 +353,7 @@ fn stop_drains_in_flight_requests() {
         let mut r = t
             .client
             .post(t.url("/v1/completions"))
-            .json(&json!({"model": LLM_KEY, "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0,
+            .json(&json!({"model": LLM_KEY, "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 48, "temperature": 0,
                           "stream": true}))
             .send()
             .await
