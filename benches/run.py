@@ -506,6 +506,11 @@ def main() -> int:
         help="where results go (default benches/results; with --quick a temp dir, nothing kept)",
     )
     ap.add_argument("--only", choices=["modelhost", "peers"], default=None, help="run one side only")
+    ap.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks to run (llm, embed, catalog; default all), e.g. where only one peer is installed",
+    )
     ap.add_argument("--report", type=Path, default=None, help="re-render the markdown of a results JSON, run nothing")
     ap.add_argument(
         "--rounds",
@@ -556,6 +561,9 @@ def main() -> int:
         jobs = [j for j in jobs if j[0] == "modelhost"]
     elif args.only == "peers":
         jobs = [j for j in jobs if j[0] != "modelhost"]
+    if args.tasks:
+        wanted = set(args.tasks.split(","))
+        jobs = [j for j in jobs if j[1] in wanted]
 
     env_file = Path(py).resolve().parent.parent / "bench-env.json"
     if not env_file.exists():
@@ -605,7 +613,7 @@ def main() -> int:
         stem = f"{res['date']}-{res['machine']['host']}" + ("-quick" if args.quick else "")
         (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
         (out_dir / f"{stem}.md").write_text(table)
-        if not args.quick and args.only is None:
+        if not args.quick and args.only is None and args.tasks is None:
             (out_dir / "latest.md").write_text(table)
             if out_dir.resolve() == (HERE / "results").resolve():
                 update_readme(table)
