@@ -506,3 +506,96 @@ fn changed_file_is_mapped_afresh() {
     assert_eq!(storage::mapped_file_count(), count - 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// --- a file truncated while the host reads its header ------------------------------------------------
+
+/// Set in the child process of `planning_loads_of_a_file_truncated_meanwhile_never_crashes`: the file to plan.
+const TRUNCATION_CHILD: &str = "MODELHOST_TEST_TRUNCATION_CHILD";
+
+fn smollm2_path() -> PathBuf {
+    let dir = std::env::var_os("MODELHOST_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/modelhost/models"));
+    dir.join("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Planning a load (`Host::estimate`, as every load does first) maps the file to read its header: a file truncated
+/// meanwhile must give an error, never a SIGBUS. In a child process (a SIGBUS would kill the test harness), a
+/// thread truncates the header of a copy of SmolLM2 and writes it back as fast as it can while the host plans loads
+/// of it; the child must exit normally.
+#[test]
+fn planning_loads_of_a_file_truncated_meanwhile_never_crashes() {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(path) = std::env::var_os(TRUNCATION_CHILD) {
+        return plan_while_truncating(Path::new(&path));
+    }
+    let real = smollm2_path();
+    let bytes =
+        std::fs::read(&real).unwrap_or_else(|e| panic!("{}: {e} (run scripts/fetch_models.py)", real.display()));
+    let header = gguf::parse(&bytes, &real).unwrap();
+    let dir = std::env::temp_dir().join(format!("mh-truncated-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The header only, the tensor data a hole: planning reads nothing past the header.
+    let copy = dir.join("smollm2-header.gguf");
+    std::fs::write(&copy, &bytes[..header.data_offset]).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&copy).unwrap().set_len(bytes.len() as u64).unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "planning_loads_of_a_file_truncated_meanwhile_never_crashes", "--nocapture"])
+        .env(TRUNCATION_CHILD, &copy)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        child.status.success(),
+        "the child died ({:?}, signal {:?}; SIGBUS is {}):\n{}",
+        child.status,
+        child.status.signal(),
+        libc::SIGBUS,
+        String::from_utf8_lossy(&child.stderr)
+    );
+}
+
+fn plan_while_truncating(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use modelhost_core::{Host, HostOptions, LoadConfig, ModelKind};
+    /// Truncations to plan through, and a bound on the plans (so a stuck truncator cannot hang the test).
+    const TRUNCATIONS: usize = 1500;
+    const MAX_PLANS: usize = 100_000;
+    let bytes = std::fs::read(path).unwrap();
+    let header_end = gguf::parse(&bytes, path).unwrap().data_offset;
+    let (stop, cycles) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let truncator = {
+        let (stop, cycles, path) = (stop.clone(), cycles.clone(), path.to_path_buf());
+        std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                file.set_len(4096).unwrap();
+                file.write_all_at(&bytes[4096..header_end], 4096).unwrap();
+                file.set_len(bytes.len() as u64).unwrap();
+                cycles.fetch_add(1, Ordering::Relaxed);
+                // Intact for a moment, so that plans also start on a whole file and lose it while they read.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let host = Host::new(path.parent().unwrap().to_path_buf(), HostOptions::default()).unwrap();
+    let key = path.to_str().unwrap();
+    let (mut planned, mut refused) = (0, 0);
+    for _ in 0..MAX_PLANS {
+        if cycles.load(Ordering::Relaxed) >= TRUNCATIONS {
+            break;
+        }
+        match host.estimate(ModelKind::Llm, key, &LoadConfig::default()) {
+            Ok(_) => planned += 1,
+            Err(Error::ModelLoad { .. }) => refused += 1,
+            Err(other) => panic!("a truncated header gave {other:?}, not a ModelLoad error"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    truncator.join().unwrap();
+    eprintln!("{planned} plans, {refused} refused, over {} truncations", cycles.load(Ordering::Relaxed));
+    assert!(planned > 0, "no plan ever saw the whole file");
+}

@@ -30,10 +30,8 @@ pub(super) struct LoadPlan {
 pub(super) fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
     match entry.kind {
         ModelKind::Llm => {
-            let (file, _) = storage::open_model_file(&entry.path)?;
-            // SAFETY: read-only map used only to read the header, dropped at the end of this scope.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(&entry.path, e.to_string()))?;
-            let header = gguf::parse_summary(&map, &entry.path)?;
+            // Mapped under the SIGBUS guard: a file truncated while its header is read is an error, not a crash.
+            let header = gguf::read_summary(&entry.path)?;
             let params = Architecture::of(&header, &entry.path)?.params(&header, &entry.path)?;
             let ctx = config.resolve_context_length(params.max_context)?;
             let eval_batch_size = config.resolve_eval_batch_size(ctx)?;
