@@ -73,11 +73,6 @@ impl Instance {
         let mut a = lock(&self.activity);
         a.unloaded.get_or_insert_with(|| reason.to_string());
     }
-
-    /// No request in flight.
-    pub(super) fn is_idle(&self) -> bool {
-        lock(&self.activity).in_flight == 0
-    }
 }
 
 /// A request in flight: holds the instance alive and its turn in the queue; ends on drop.
@@ -202,7 +197,7 @@ impl InstanceHandle {
         let removed = {
             let mut st = lock(&host.table);
             let pos = st.instances.iter().position(|x| Arc::ptr_eq(x, &i));
-            let removed = pos.map(|p| st.instances.remove(p));
+            let removed = pos.map(|p| st.remove(p));
             host.notify(&mut st);
             removed
         };

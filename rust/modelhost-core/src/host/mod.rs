@@ -376,7 +376,7 @@ impl Host {
                     suggestions: loaded.into_iter().take(5).collect(),
                 });
             }
-            let victims = chosen.into_iter().rev().map(|n| st.instances.remove(n)).collect();
+            let victims = chosen.into_iter().rev().map(|n| st.remove(n)).collect();
             self.shared.notify(&mut st);
             victims
         };
@@ -392,7 +392,7 @@ impl Host {
             let mut st = lock(&self.shared.table);
             st.closed = true;
             self.shared.notify(&mut st);
-            std::mem::take(&mut st.instances)
+            st.remove_all()
         };
         for v in &victims {
             v.mark_unloaded("the client was closed");
