@@ -238,8 +238,10 @@ class GpuSetting(_ConfigBase):
 
     Attributes:
         ratio: Share of the layers to put on GPUs, 0..1, or "max" (all) / "off" (none).
-        main_gpu: The GPU index that gets the embeddings, output head and the split's remainder.
-        split_strategy: "evenly" or "favorMainGpu".
+        main_gpu: With ``split_strategy="favorMainGpu"``, the GPU that takes every offloaded block (and the output
+            head when all blocks are offloaded); it must be present and not disabled, else InvalidConfigError. Not
+            used with "evenly". The token embeddings stay on the CPU either way.
+        split_strategy: "evenly" (offloaded blocks split over the enabled GPUs in index order) or "favorMainGpu".
         disabled_gpus: GPU indices not to use.
     """
 
