@@ -74,11 +74,14 @@ pub(super) fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<Loa
         ModelKind::Embedding => {
             let max = entry.max_context_length.max(1);
             let ctx = config.resolve_context_length(max)?;
-            if config.gpu.ratio.is_some_and(|r| r > 0.0) && config.rope_frequency_base.is_some() {
-                return Err(Error::InvalidConfig("ropeFrequencyBase does not apply to embedding models".into()));
+            // Options an embedding model would silently ignore are refused, whatever else is set (README).
+            if config.rope_frequency_base.is_some() || config.rope_frequency_scale.is_some() {
+                return Err(Error::NotSupported(
+                    "ropeFrequencyBase and ropeFrequencyScale on embedding models (BERT has no RoPE)".into(),
+                ));
             }
             if config.keep_model_in_memory {
-                return Err(Error::InvalidConfig("keepModelInMemory is not supported for embedding models yet".into()));
+                return Err(Error::NotSupported("keepModelInMemory on embedding models".into()));
             }
             let mut placement = Placement::cpu(0);
             if config.gpu.ratio.is_some_and(|r| r > 0.0) {

@@ -104,7 +104,7 @@ impl Host {
         let handle = std::thread::Builder::new()
             .name("modelhost-ttl".into())
             .spawn(move || ttl_loop(weak))
-            .map_err(|e| Error::InvalidConfig(format!("cannot start the TTL thread: {e}")))?;
+            .map_err(|source| Error::System { what: "cannot start the TTL thread".into(), source })?;
         Ok(Host { shared, ttl_thread: Mutex::new(Some(handle)) })
     }
 
@@ -196,7 +196,9 @@ impl Host {
         identifier: Option<&str>,
         req: &mut LoadRequest<'_>,
     ) -> Result<InstanceHandle> {
-        let plan = plan_load(entry, &req.config).map_err(|e| e.with_path(&entry.path))?;
+        // Not `with_path`: what the plan refuses is either the file's (already a ModelLoad error naming it) or the
+        // config's (InvalidConfig, NotSupported), as `estimate` reports it.
+        let plan = plan_load(entry, &req.config)?;
         let stamp =
             std::fs::metadata(&entry.weights_path).map_err(|e| Error::load(&entry.weights_path, e.to_string()))?;
         let weights_key: WeightsKey = (
