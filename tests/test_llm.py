@@ -191,32 +191,35 @@ def test_cancel_from_another_thread(llm: lms.LLM) -> None:
     next(stream)
     timer = threading.Timer(0.2, stream.cancel)
     timer.start()
-    start = time.monotonic()
     result = stream.result()
     timer.join()
     assert result.stats.stop_reason == "userStopped"
-    assert time.monotonic() - start < 10
+    assert result.stats.predicted_tokens_count is not None and result.stats.predicted_tokens_count < 500
 
 
-def _quick_request_time(llm: lms.LLM) -> float:
-    start = time.monotonic()
-    llm.complete("Hi", {"maxTokens": 1})
-    return time.monotonic() - start
+def _instance_is_free(llm: lms.LLM) -> bool:
+    """A one-token request runs: nothing holds the instance. (A held instance would make it wait forever; the join's
+    bound is only a watchdog, so that the test fails with this message instead of at pytest's timeout.)"""
+    done: list[lms.PredictionResult] = []
+    worker = threading.Thread(target=lambda: done.append(llm.complete("Hi", {"maxTokens": 1})), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    return len(done) == 1
 
 
 def test_closing_or_abandoning_a_stream_frees_the_instance(llm: lms.LLM) -> None:
     with llm.complete_stream("1, 2, 3, 4, 5,", {"maxTokens": 1000, "temperature": 0}) as stream:
         next(stream)
     assert stream.result().stats.stop_reason == "userStopped"
-    assert _quick_request_time(llm) < 5
+    assert _instance_is_free(llm)
     abandoned = llm.respond_stream("Write a long story.", {"maxTokens": 1000})
     next(abandoned)
     del abandoned
     gc.collect()
-    assert _quick_request_time(llm) < 5
+    assert _instance_is_free(llm)
     never_iterated = llm.complete_stream("1, 2, 3,", {"maxTokens": 1000})
     never_iterated.close()
-    assert _quick_request_time(llm) < 5
+    assert _instance_is_free(llm)
 
 
 def test_an_exception_inside_a_with_block_cancels(llm: lms.LLM) -> None:
@@ -224,7 +227,7 @@ def test_an_exception_inside_a_with_block_cancels(llm: lms.LLM) -> None:
         next(stream)
         raise KeyError("app error")
     assert stream.finished
-    assert _quick_request_time(llm) < 5
+    assert _instance_is_free(llm)
 
 
 def test_one_instance_serves_requests_in_order(llm: lms.LLM) -> None:
