@@ -161,7 +161,8 @@ impl LlmModel {
     /// Run `tokens` at positions `pos..` through the model, filling the cache; logits for every position
     /// (`all = true`) or only the last, as a `(n, vocab)` f32 tensor on the CPU.
     fn forward(&self, cache: &mut KvCache, rope: &Rope, tokens: &[u32], pos: usize, all: bool) -> Result<Tensor> {
-        // On the pool: called from outside it, decoding ran at half speed (see `kernels::on_pool`).
+        // On the pool: called from outside it, this thread would compete with both workers for two cores
+        // (see `kernels::on_pool`).
         // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
         // chunk's matmuls are long enough that keeping the workers awake only burns a core.
         let keep_awake = tokens.len() == 1;
