@@ -27,6 +27,20 @@ EOG_IDS = {0, 2, 4}  # SmolLM2's end-of-generation ids, as llama.cpp defines the
 STOP_REASONS = {"eosFound", "maxPredictedTokensReached", "stopStringFound", "contextLengthReached", "userStopped"}
 
 
+def assert_ran(result: modelhost.PredictionResult, max_tokens: int | None) -> None:
+    """A prediction that really ran to a natural end: ``max_tokens`` tokens, an end-of-generation token before that,
+    or (no ``max_tokens``) the end of the context; its tokens, count and stop reason agree."""
+    stats = result.stats
+    assert stats.predicted_tokens_count == len(result.tokens), (stats, result.tokens)
+    if max_tokens is None:
+        assert stats.stop_reason in ("eosFound", "contextLengthReached"), stats
+    elif stats.stop_reason == "maxPredictedTokensReached":
+        assert len(result.tokens) == max_tokens, (stats, result.tokens)
+    else:
+        assert stats.stop_reason == "eosFound" and len(result.tokens) < max_tokens, (stats, result.tokens)
+    assert stats.prompt_tokens_count is not None and stats.prompt_tokens_count > 0
+
+
 def default_models_dir() -> Path:
     """The models dir the tests use: $MODELHOST_MODELS_DIR or ~/.cache/modelhost/models."""
     env = os.environ.get("MODELHOST_MODELS_DIR")

@@ -172,7 +172,7 @@ class LLM(ModelHandle):
         # Snapshot before starting: a finished request may see its instance evicted right after.
         info = self.get_info()
         load_config = self.get_load_config()
-        generation = self._instance.generate(prompt, core_config)
+        generation = self._instance.generate(prompt, core_config, on_prompt_processing_progress)
         return PredictionStream(
             generation,
             model_info=info,
@@ -181,7 +181,6 @@ class LLM(ModelHandle):
             on_message=on_message,
             on_first_token=on_first_token,
             on_prediction_fragment=on_prediction_fragment,
-            on_prompt_processing_progress=on_prompt_processing_progress,
         )
 
     def respond_stream(
@@ -203,7 +202,9 @@ class LLM(ModelHandle):
             on_message: Called with the assistant's message at the end (``chat.append`` fits).
             on_first_token: Called when the first token arrives.
             on_prediction_fragment: Called with every fragment.
-            on_prompt_processing_progress: Called with 0.0 when the prompt goes in and 1.0 when it is processed.
+            on_prompt_processing_progress: Called from the core while the prompt is processed: 0.0 first, then the
+                share done after each ``evalBatchSize`` chunk, 1.0 last (before the first token). An exception from it
+                stops the prediction and propagates unchanged.
 
         Returns:
             The stream: iterate it for fragments, then call ``result()``.

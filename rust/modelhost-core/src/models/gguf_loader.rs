@@ -81,8 +81,8 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
             let range = info.offset..info.offset + info.size;
             let w = match self.bytes {
                 // In place: no copy, and the pages stay the page cache's (shared with other processes).
-                // Read in now, in large reads, chunk by chunk with progress: from a cold page cache,
-                // leaving them to fault in during the first token made load + first token 1.4x slower.
+                // Read in now, in large reads, chunk by chunk with progress: from a cold page cache, faulting
+                // them in page by page during the first token made the cold start slower (benches/results).
                 FileBytes::Mapped(file) => {
                     for chunk in file.bytes()[range.clone()].chunks(POPULATE_CHUNK) {
                         storage::populate(chunk);

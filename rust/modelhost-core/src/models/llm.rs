@@ -22,7 +22,7 @@ use super::{Architecture, Decoder};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
 use crate::host::placement::Placement;
-use crate::storage::{self, FileBytes, LockedPages, MappedFile, PageLock, Progress};
+use crate::storage::{self, FileBytes, LockedPages, MappedFile, PageLock, Progress, ProgressFn};
 use crate::text::{ChatMessage, ChatTemplate, GgufTokenizer};
 
 /// A loaded language model: weights, tokenizer and chat template, shared by all instances of one file.
@@ -161,7 +161,8 @@ impl LlmModel {
     /// Run `tokens` at positions `pos..` through the model, filling the cache; logits for every position
     /// (`all = true`) or only the last, as a `(n, vocab)` f32 tensor on the CPU.
     fn forward(&self, cache: &mut KvCache, rope: &Rope, tokens: &[u32], pos: usize, all: bool) -> Result<Tensor> {
-        // On the pool: called from outside it, decoding ran at half speed (see `kernels::on_pool`).
+        // On the pool: called from outside it, this thread would compete with both workers for two cores
+        // (see `kernels::on_pool`).
         // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
         // chunk's matmuls are long enough that keeping the workers awake only burns a core.
         let keep_awake = tokens.len() == 1;
@@ -188,28 +189,41 @@ impl LlmModel {
     /// An id past the vocabulary would read past the embedding table: refuse it.
     fn check_ids(&self, tokens: &[u32]) -> Result<()> {
         match tokens.iter().find(|&&t| t as usize >= self.params.vocab) {
-            Some(t) => Err(Error::InvalidConfig(format!(
-                "token id {t} is outside the vocabulary (size {})",
-                self.params.vocab
-            ))),
+            Some(t) => {
+                Err(Error::InvalidInput(format!("token id {t} is outside the vocabulary (size {})", self.params.vocab)))
+            }
             None => Ok(()),
         }
     }
 
-    /// Feed the prompt, reusing the cached prefix, and return the next-token logits.
-    fn prefill(&self, session: &mut LlmSession, prompt: &[u32]) -> Result<Vec<f32>> {
+    /// Feed the prompt, reusing the cached prefix, and return the next-token logits. `on_progress` gets 0.0, then
+    /// after each `eval_batch_size` chunk the share of the tokens to evaluate that are done (exactly 1.0 last), as
+    /// LM Studio's `onPromptProcessingProgress`; an error from it stops here as `Cancelled`.
+    fn prefill(
+        &self,
+        session: &mut LlmSession,
+        prompt: &[u32],
+        mut on_progress: Option<&mut ProgressFn<'_>>,
+    ) -> Result<Vec<f32>> {
         session.check_fits(prompt.len())?;
         self.check_ids(prompt)?;
+        let mut report = |fraction: f32| match on_progress.as_mut() {
+            Some(callback) => callback(fraction).map_err(Error::Cancelled),
+            None => Ok(()),
+        };
         // Reuse the longest cached prefix, but always evaluate at least one token to get logits.
         let common = session.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         session.cached.truncate(common);
+        let todo = &prompt[common..];
+        report(0.0)?;
         let mut logits = None;
-        for chunk in prompt[common..].chunks(session.eval_batch_size) {
+        for chunk in todo.chunks(session.eval_batch_size) {
             let pos = session.cached.len();
             logits = Some(self.forward(&mut session.cache, &session.rope, chunk, pos, false)?);
             session.cached.extend_from_slice(chunk);
+            report((session.cached.len() - common) as f32 / todo.len() as f32)?;
         }
-        let logits = logits.ok_or_else(|| Error::InvalidConfig("the prompt is empty".into()))?;
+        let logits = logits.ok_or_else(|| Error::InvalidInput("the prompt is empty".into()))?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
 
@@ -223,20 +237,26 @@ impl LlmModel {
     /// Start a prediction; nothing runs until the first `next_fragment`.
     pub fn start(&self, prompt: Vec<u32>, config: PredictionConfig) -> Result<GenerationState> {
         if prompt.is_empty() {
-            return Err(Error::InvalidConfig("the prompt is empty: give at least one token".into()));
+            return Err(Error::InvalidInput("the prompt is empty: give at least one token".into()));
         }
         Ok(GenerationState::new(prompt, config))
     }
 
-    /// Produce the next fragment of text, or `None` when the prediction has ended.
-    pub fn next_fragment(&self, session: &mut LlmSession, st: &mut GenerationState) -> Result<Option<Fragment>> {
+    /// Produce the next fragment of text, or `None` when the prediction has ended. The first call processes the
+    /// prompt, reporting to `on_prompt_progress` (see `prefill`).
+    pub fn next_fragment(
+        &self,
+        session: &mut LlmSession,
+        st: &mut GenerationState,
+        mut on_prompt_progress: Option<&mut ProgressFn<'_>>,
+    ) -> Result<Option<Fragment>> {
         loop {
             if st.is_done() {
                 return Ok(st.flush());
             }
             let logits = match st.logits.take() {
                 Some(l) => l,
-                None => self.prefill(session, &st.prompt)?,
+                None => self.prefill(session, &st.prompt, on_prompt_progress.take())?,
             };
             if st.config.max_tokens.is_some_and(|m| st.tokens().len() >= m) {
                 st.finish(StopReason::MaxPredictedTokensReached);
