@@ -87,6 +87,9 @@ class Instance:
         """Start a prediction. `prompt` is raw text (tokenized with special tokens parsed) or token ids.
         `config` keys: max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop_strings, seed.
         The instance is busy (its FIFO queue holds) until the Generation ends, is cancelled or dropped."""
+    def generate_chat(self, messages: Sequence[dict[str, str]], config: dict[str, Any]) -> Generation:
+        """Start the assistant's reply to a chat: rendered with the model's template and tokenized as llama.cpp's
+        chat does (a BOS the template writes is not doubled by the tokenizer's). `config` as for `generate`."""
     def evaluate(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Logits at every position, shape (len(tokens), vocab), from an empty cache."""
     # Embedding only:

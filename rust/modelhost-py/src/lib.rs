@@ -21,6 +21,21 @@ use pyo3::types::{PyDict, PyList};
 use crate::convert::{from_py, to_py};
 use crate::error::{PyModelHostResult, WrapErr};
 
+/// `[{"role", "content"}, ...]` as core chat messages.
+fn chat_messages(messages: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
+    let mut msgs = Vec::new();
+    for m in messages.try_iter()? {
+        let m = m?;
+        let field = |name: &str| -> PyResult<String> {
+            m.get_item(name)
+                .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
+                .extract::<String>()
+        };
+        msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
+    }
+    Ok(msgs)
+}
+
 fn kind(s: &str) -> PyModelHostResult<ModelKind> {
     Ok(ModelKind::parse(s)?)
 }
@@ -243,17 +258,20 @@ impl PyInstance {
         messages: &Bound<'_, PyAny>,
         add_generation_prompt: bool,
     ) -> PyResult<String> {
-        let mut msgs = Vec::new();
-        for m in messages.try_iter()? {
-            let m = m?;
-            let field = |name: &str| -> PyResult<String> {
-                m.get_item(name)
-                    .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
-                    .extract::<String>()
-            };
-            msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
-        }
+        let msgs = chat_messages(messages)?;
         py.detach(|| self.handle.apply_template(&msgs, add_generation_prompt)).wrap()
+    }
+
+    fn generate_chat(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        config: &Bound<'_, PyAny>,
+    ) -> PyResult<PyGeneration> {
+        let prompt = Prompt::Chat(chat_messages(messages)?);
+        let config = from_py(config)?;
+        let generation = py.detach(|| self.handle.generate(prompt, &config)).wrap()?;
+        Ok(PyGeneration { cancel: generation.cancel_flag(), generation: Mutex::new(generation) })
     }
 
     fn generate(&self, py: Python<'_>, prompt: &Bound<'_, PyAny>, config: &Bound<'_, PyAny>) -> PyResult<PyGeneration> {

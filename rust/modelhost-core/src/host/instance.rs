@@ -255,6 +255,7 @@ impl InstanceHandle {
         let ids = match prompt {
             Prompt::Text(t) => model.tokenizer.encode(&t, true)?,
             Prompt::Tokens(ids) => ids,
+            Prompt::Chat(messages) => model.chat_prompt_ids(&messages)?,
         };
         let state = model.start(ids, config)?;
         let model = model.clone();
@@ -287,6 +288,9 @@ pub enum Prompt {
     Text(String),
     /// Token ids.
     Tokens(Vec<u32>),
+    /// A chat, for the assistant's reply: rendered with the model's template and tokenized as llama.cpp's chat
+    /// does (`LlmModel::chat_prompt_ids`).
+    Chat(Vec<ChatMessage>),
 }
 
 /// A running prediction: yields fragments; holds the instance's queue until it ends or is dropped.

@@ -57,7 +57,10 @@ fn keys(h: &GgufHeader, path: &Path) -> Result<Gemma3Keys> {
         return Err(Error::load(path, "final_logit_softcapping is negative"));
     }
     if h.arch_get("attn_logit_softcapping").and_then(Value::as_f64).is_some_and(|c| c != 0.0) {
-        return Err(Error::load(path, "attn_logit_softcapping is set, which Gemma 3 does not have (llama.cpp ignores it)"));
+        return Err(Error::load(
+            path,
+            "attn_logit_softcapping is set, which Gemma 3 does not have (llama.cpp ignores it)",
+        ));
     }
     Ok(Gemma3Keys {
         sliding_window: optional_usize(h, path, "attention.sliding_window")?,
@@ -127,8 +130,7 @@ pub(crate) fn load(ld: &mut GgufLoader<'_, '_, '_>, p: &LlmParams, placement: &P
         sliding_window: if sliding[i] { own.sliding_window } else { None },
     };
     let full = p.rope_config(RopeStyle::Neox);
-    let sliding_rope =
-        own.sliding_window.map(|_| RopeConfig { base: own.swa_rope_base, scale: 1.0, ..full.clone() });
+    let sliding_rope = own.sliding_window.map(|_| RopeConfig { base: own.swa_rope_base, scale: 1.0, ..full.clone() });
     let rope = RopeSetup { full, long_factors: None, original_context: p.rope_original_context, sliding: sliding_rope };
     let spec = DecoderSpec {
         embedding_scale: Some((p.n_embd as f32).sqrt()),

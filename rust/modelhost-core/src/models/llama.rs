@@ -20,7 +20,10 @@ use crate::host::placement::Placement;
 pub(crate) fn params(header: &GgufHeader, path: &Path) -> Result<LlmParams> {
     let p = LlmParams::from_header(header, path)?;
     if p.rope_dims != p.head_dim {
-        return Err(Error::load(path, format!("rope.dimension_count {} is not the head size {}", p.rope_dims, p.head_dim)));
+        return Err(Error::load(
+            path,
+            format!("rope.dimension_count {} is not the head size {}", p.rope_dims, p.head_dim),
+        ));
     }
     Ok(p)
 }

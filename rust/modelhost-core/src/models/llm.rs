@@ -164,9 +164,33 @@ impl LlmModel {
         }
     }
 
+    /// The prompt of a chat for the assistant's reply, as llama.cpp's chat builds it (`common_chat_templates_apply`):
+    /// the template rendered with the generation prompt, then tokenized with special tokens parsed and BOS/EOS
+    /// added as the tokenizer adds them, a BOS that the template writes first (an EOS it writes last) dropped
+    /// when the tokenizer adds one itself, so that it is not doubled.
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let rendered = self.apply_template(messages, true)?;
+        let mut text = rendered.as_str();
+        let (bos, eos) = (self.tokenizer.bos_token(), self.tokenizer.eos_token());
+        if self.tokenizer.adds_bos() && !bos.is_empty() {
+            text = text.strip_prefix(bos).unwrap_or(text);
+        }
+        if self.tokenizer.adds_eos() && !eos.is_empty() {
+            text = text.strip_suffix(eos).unwrap_or(text);
+        }
+        self.tokenizer.encode(text, true)
+    }
+
     /// Run `tokens` at positions `pos..` through the model, filling the cache; logits for every position
     /// (`all = true`) or only the last, as a `(n, vocab)` f32 tensor on the CPU.
-    fn forward(&self, cache: &mut KvCache, ropes: &RopeTables, tokens: &[u32], pos: usize, all: bool) -> Result<Tensor> {
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        ropes: &RopeTables,
+        tokens: &[u32],
+        pos: usize,
+        all: bool,
+    ) -> Result<Tensor> {
         // On the pool: called from outside it, decoding ran at half speed (see `kernels::on_pool`).
         // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
         // chunk's matmuls are long enough that keeping the workers awake only burns a core.

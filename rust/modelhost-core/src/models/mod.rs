@@ -23,6 +23,8 @@ mod qwen2;
 mod qwen3;
 pub mod sampling;
 pub mod session;
+#[cfg(test)]
+mod tests;
 mod transformer;
 
 use std::path::Path;

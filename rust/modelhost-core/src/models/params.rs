@@ -153,13 +153,16 @@ impl LlmParams {
         };
         let rope_freq_scale = match (rope_scaling, factor) {
             (RopeScaling::None, _) | (_, None) => 1.0,
-            (_, Some(f)) if f == 0.0 => 1.0,
+            (_, Some(0.0)) => 1.0,
             (_, Some(f)) if f > 0.0 => 1.0 / f,
             (_, Some(f)) => return Err(Error::load(path, format!("rope.scaling.factor {f} is negative"))),
         };
         let rope_dims = optional_usize(h, path, "rope.dimension_count")?.unwrap_or(head_dim);
         if rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(Error::load(path, format!("rope.dimension_count {rope_dims} does not fit head size {head_dim}")));
+            return Err(Error::load(
+                path,
+                format!("rope.dimension_count {rope_dims} does not fit head size {head_dim}"),
+            ));
         }
         Ok(LlmParams {
             n_layer,

@@ -57,7 +57,9 @@ pub(super) fn pre_tokenizer(pre: Option<&str>) -> Option<PreTokenizer> {
         "default" => p(DEFAULT_PATTERNS, false, false),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
         | "jina-v5-nano" => p(std::slice::from_ref(&LLAMA3_PATTERN), true, true),
-        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => p(std::slice::from_ref(&QWEN2_PATTERN), false, false),
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => {
+            p(std::slice::from_ref(&QWEN2_PATTERN), false, false)
+        }
         "dbrx" | "smaug-bpe" => p(std::slice::from_ref(&LLAMA3_PATTERN), false, false),
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
             p(SMOLLM_PATTERNS, false, false)

@@ -319,6 +319,16 @@ impl GgufTokenizer {
         self.texts.len()
     }
 
+    /// Whether `encode` puts the BOS token first (`tokenizer.ggml.add_bos_token`).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether `encode` puts the EOS token last (`tokenizer.ggml.add_eos_token`).
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos
+    }
+
     /// The beginning-of-sequence token.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
