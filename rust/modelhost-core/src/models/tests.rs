@@ -281,6 +281,23 @@ fn a_fused_projection_computes_what_the_separate_ones_do() {
 }
 
 #[test]
+fn optional_biases_are_added() {
+    let plain = logits(&Tiny::new("llama", 16).load().unwrap(), &TOKENS, 12);
+    for (name, len) in [
+        ("blk.1.attn_output.bias", EMBD),
+        ("blk.1.ffn_gate.bias", FF),
+        ("blk.1.ffn_up.bias", FF),
+        ("blk.1.ffn_down.bias", EMBD),
+        ("output.bias", vocab().len()),
+    ] {
+        let zero = Tiny::new("llama", 16).with_tensor(name, &vec![0.0; len]);
+        assert_eq!(plain, logits(&zero.load().unwrap(), &TOKENS, 12), "{name}");
+        let some = Tiny::new("llama", 16).with_tensor(name, &values(9, len, 0.5));
+        assert!(max_diff(&plain, &logits(&some.load().unwrap(), &TOKENS, 12)) > 1e-3, "{name}");
+    }
+}
+
+#[test]
 fn llama3_rope_factors_are_applied() {
     let plain = logits(&Tiny::new("llama", 16).load().unwrap(), &TOKENS, 12);
     let ones = Tiny::new("llama", 16).with_tensor("rope_freqs.weight", &[1.0; 8]);
@@ -316,9 +333,9 @@ fn phi3_switches_to_its_long_factors_past_the_original_context() {
 
 #[test]
 fn tensors_left_unread_fail_the_load() {
-    let extra = Tiny::new("llama", 16).with_tensor("blk.0.ffn_down.bias", &[0.5; EMBD]);
+    let extra = Tiny::new("llama", 16).with_tensor("blk.0.ffn_norm.bias", &[0.5; EMBD]);
     let err = load_error(&extra);
-    assert!(err.contains("does not use") && err.contains("blk.0.ffn_down.bias"), "{err}");
+    assert!(err.contains("does not use") && err.contains("blk.0.ffn_norm.bias"), "{err}");
     // Phi-3-style factor tables in a llama file without longrope scaling are not what llama.cpp reads either.
     let long = Tiny::new("llama", 16).with_tensor("rope_factors_long.weight", &[1.0; 8]);
     assert!(load_error(&long).contains("rope_factors_long.weight"));

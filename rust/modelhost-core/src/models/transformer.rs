@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::blocks::attention::{attention_mask, Heads, Scaling, SelfAttention};
+use super::blocks::attention::{add_bias, attention_mask, Heads, Scaling, SelfAttention};
 use super::blocks::embeddings::TokenEmbeddings;
 use super::blocks::kv_cache::KvCache;
 use super::blocks::layer::DecoderLayer;
@@ -80,6 +80,8 @@ pub(crate) struct Transformer {
     layers: Vec<DecoderLayer>,
     output_norm: RmsNorm,
     output: Linear,
+    /// Qwen 2's optional `output.bias`.
+    output_bias: Option<Tensor>,
     output_device: Device,
     final_softcap: Option<f32>,
     rope: RopeSetup,
@@ -115,6 +117,7 @@ impl Transformer {
                 q_norm: if ls.qk_norm { Some(norm(ld, "attn_q_norm", p.head_dim)?) } else { None },
                 k_norm: if ls.qk_norm { Some(norm(ld, "attn_k_norm", p.head_dim)?) } else { None },
                 output: ld.linear(&name("attn_output"), &[p.n_head * p.head_dim, e], &dev)?,
+                output_bias: ld.optional_vector(&format!("blk.{i}.attn_output.bias"), e, &dev)?,
                 heads,
                 scaling: ls.scaling,
                 sliding_window: ls.sliding_window,
@@ -144,6 +147,7 @@ impl Transformer {
         } else {
             ld.tied_copy("token_embd.weight", &output_device)?
         };
+        let output_bias = ld.optional_vector("output.bias", p.vocab, &output_device)?;
         ld.finish(architecture)?;
         Ok(Transformer {
             n_embd: e,
@@ -152,6 +156,7 @@ impl Transformer {
             layers,
             output_norm,
             output,
+            output_bias,
             output_device,
             final_softcap: spec.final_softcap,
             rope: spec.rope,
@@ -193,7 +198,7 @@ impl Decoder for Transformer {
         let x = x.to_device(&self.output_device)?;
         let x = if all { x } else { x.narrow(0, seq - 1, 1)? };
         let x = self.output_norm.forward(&x)?;
-        let mut logits = self.output.forward(&x)?;
+        let mut logits = add_bias(self.output.forward(&x)?, self.output_bias.as_ref())?;
         if let Some(cap) = self.final_softcap {
             logits = ((logits / f64::from(cap))?.tanh()? * f64::from(cap))?;
         }

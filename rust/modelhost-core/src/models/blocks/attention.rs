@@ -85,8 +85,9 @@ pub(crate) struct SelfAttention {
     /// Per-head RMS norms of the queries and keys, before RoPE (qwen3, gemma3).
     pub(crate) q_norm: Option<RmsNorm>,
     pub(crate) k_norm: Option<RmsNorm>,
-    /// `attn_output`.
+    /// `attn_output`, and its bias where the file has one (llama).
     pub(crate) output: Linear,
+    pub(crate) output_bias: Option<Tensor>,
     pub(crate) heads: Heads,
     pub(crate) scaling: Scaling,
     /// Keys this many positions or more behind a query are hidden from it.
@@ -128,8 +129,16 @@ impl SelfAttention {
         let (k_all, v_all) = cache.append(layer, &k, &v, pos)?;
         let attn = attention(&q, &k_all, &v_all, mask, self.heads, score_scale)?;
         let attn = attn.transpose(0, 1)?.reshape((seq, n_head * head_dim))?;
-        self.output.forward(&attn)
+        add_bias(self.output.forward(&attn)?, self.output_bias.as_ref())
     }
+}
+
+/// `x + bias` (broadcast over the rows), or `x` without one.
+pub(crate) fn add_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => x.broadcast_add(b)?,
+        None => x,
+    })
 }
 
 #[cfg(test)]

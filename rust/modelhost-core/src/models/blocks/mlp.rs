@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor, D};
 use half::f16;
 
+use super::attention::add_bias;
 use super::linear::Linear;
 use crate::error::Result;
 use crate::models::gguf_loader::GgufLoader;
@@ -22,8 +23,8 @@ pub(crate) enum Activation {
 
 /// The gate and up projections.
 pub(crate) enum GateUp {
-    /// `ffn_gate` and `ffn_up`, `[n_embd → n_ff]` each.
-    Separate { gate: Linear, up: Linear },
+    /// `ffn_gate` and `ffn_up`, `[n_embd → n_ff]` each, with their biases where the file has them (llama).
+    Separate { gate: Linear, up: Linear, gate_bias: Option<Tensor>, up_bias: Option<Tensor> },
     /// One matrix `[n_embd → 2·n_ff]` whose output is the gate, then the up projection.
     Fused(Linear),
 }
@@ -31,8 +32,9 @@ pub(crate) enum GateUp {
 /// A gated feed-forward block.
 pub(crate) struct GatedMlp {
     pub(crate) gate_up: GateUp,
-    /// `ffn_down`, `[n_ff → n_embd]`.
+    /// `ffn_down`, `[n_ff → n_embd]`, and its bias where the file has one (llama).
     pub(crate) down: Linear,
+    pub(crate) down_bias: Option<Tensor>,
     pub(crate) activation: Activation,
 }
 
@@ -46,13 +48,17 @@ impl GatedMlp {
         device: &Device,
     ) -> Result<Self> {
         let name = |s: &str| format!("blk.{layer}.{s}.weight");
+        let bias = |s: &str| format!("blk.{layer}.{s}.bias");
         let n_ff = ld.info(&name("ffn_gate"))?.dims.get(1).copied().unwrap_or(0);
         Ok(GatedMlp {
             gate_up: GateUp::Separate {
                 gate: ld.linear(&name("ffn_gate"), &[n_embd, n_ff], device)?,
                 up: ld.linear(&name("ffn_up"), &[n_embd, n_ff], device)?,
+                gate_bias: ld.optional_vector(&bias("ffn_gate"), n_ff, device)?,
+                up_bias: ld.optional_vector(&bias("ffn_up"), n_ff, device)?,
             },
             down: ld.linear(&name("ffn_down"), &[n_ff, n_embd], device)?,
+            down_bias: ld.optional_vector(&bias("ffn_down"), n_embd, device)?,
             activation,
         })
     }
@@ -71,6 +77,7 @@ impl GatedMlp {
         Ok(GatedMlp {
             gate_up: GateUp::Fused(ld.linear(&name("ffn_up"), &[n_embd, 2 * n_ff], device)?),
             down: ld.linear(&name("ffn_down"), &[n_ff, n_embd], device)?,
+            down_bias: None,
             activation,
         })
     }
@@ -78,7 +85,9 @@ impl GatedMlp {
     /// The block's output for the normalized hidden states `h`.
     pub(crate) fn forward(&self, h: &Tensor) -> Result<Tensor> {
         let (gate, up) = match &self.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(h)?, up.forward(h)?),
+            GateUp::Separate { gate, up, gate_bias, up_bias } => {
+                (add_bias(gate.forward(h)?, gate_bias.as_ref())?, add_bias(up.forward(h)?, up_bias.as_ref())?)
+            }
             GateUp::Fused(w) => {
                 let both = w.forward(h)?;
                 let n_ff = both.dim(D::Minus1)? / 2;
@@ -89,13 +98,13 @@ impl GatedMlp {
             Activation::Silu => gate.silu()?,
             Activation::GeluTanh => gelu_tanh_f16(&gate)?,
         };
-        self.down.forward(&(gate * up)?)
+        add_bias(self.down.forward(&(gate * up)?)?, self.down_bias.as_ref())
     }
 
     /// The weight matrices.
     pub(crate) fn linears(&self) -> Vec<&Linear> {
         match &self.gate_up {
-            GateUp::Separate { gate, up } => vec![gate, up, &self.down],
+            GateUp::Separate { gate, up, .. } => vec![gate, up, &self.down],
             GateUp::Fused(w) => vec![w, &self.down],
         }
     }

@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor, D};
 
+use super::attention::add_bias;
 use super::linear::Linear;
 use crate::error::Result;
 use crate::models::gguf_loader::GgufLoader;
@@ -78,13 +79,8 @@ impl QkvProjection {
                 (all.narrow(D::Minus1, 0, qw)?, all.narrow(D::Minus1, qw, kvw)?, all.narrow(D::Minus1, qw + kvw, kvw)?)
             }
         };
-        let add = |x: Tensor, bias: &Option<Tensor>| -> Result<Tensor> {
-            Ok(match bias {
-                Some(b) => x.broadcast_add(b)?,
-                None => x,
-            })
-        };
-        Ok((add(q, &self.biases[0])?, add(k, &self.biases[1])?, add(v, &self.biases[2])?))
+        let [bq, bk, bv] = &self.biases;
+        Ok((add_bias(q, bq.as_ref())?, add_bias(k, bk.as_ref())?, add_bias(v, bv.as_ref())?))
     }
 
     /// The weight matrices.
