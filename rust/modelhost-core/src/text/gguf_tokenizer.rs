@@ -277,7 +277,7 @@ impl GgufTokenizer {
                             for c in text[start..end].chars() {
                                 piece.push(if c == ' ' { '▁' } else { c });
                             }
-                            spm.encode(&piece, &mut out)?;
+                            spm.encode(&self.texts, &piece, &mut out)?;
                             after_special = false;
                         }
                         Segment::Token(id) => {
