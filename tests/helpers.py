@@ -19,6 +19,7 @@ import pytest
 LLM_KEY = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 LLM_ALIAS = "smollm2-135m-instruct"
 LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_KEY = "google/gemma-3-270m-GGUF"  # the third sample model (scripts/fetch_models.py)
 EMB_KEY = "sentence-transformers/all-MiniLM-L6-v2"
 EMB_ALIAS = "all-minilm-l6-v2"
 EMB_WEIGHTS = "model.safetensors"

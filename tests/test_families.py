@@ -265,6 +265,30 @@ def test_generation_ends_exactly_at_llama_cpp_end_of_generation_tokens(
     assert not failures, "; ".join(failures)
 
 
+def test_gemma_3_by_its_alias_responds_as_llama_cpp(module_client: modelhost.Client) -> None:
+    """Issue #13's "done": ``llm("gemma-3-270m").respond(...)`` on the real file with Gemma's template; the greedy
+    tokens are llama.cpp's while llama.cpp's choices were clear (SPEC §6's free-running rule), ending where its end."""
+    data = manifest("gemma-3-270m")
+    case = next(c for c in data["files"]["original-Q4_K_M"]["refs"]["cases"] if c["kind"] == "chat")
+    eog = set(data["vocab"]["eog_ids"])
+    steps = []
+    for step in case["steps"]:
+        steps.append(step)
+        if step["id"] in eog:
+            break
+    clear = next((i for i, step in enumerate(steps) if step["lead"] < CLEAR_LEAD), len(steps))
+    llm = module_client.llm.model("gemma-3-270m", ttl=None, config=CONTEXT)
+    try:
+        assert llm.get_info().architecture == "gemma3"
+        result = llm.respond(case["messages"], {"maxTokens": len(steps), "temperature": 0})
+    finally:
+        llm.unload()
+    expected = [step["id"] for step in steps if step["id"] not in eog]
+    assert result.tokens[:clear] == expected[:clear], (result.tokens, expected, clear)
+    if clear == len(steps) and steps[-1]["id"] in eog:
+        assert result.stats.stop_reason == "eosFound"
+
+
 # --- the fixtures themselves ---------------------------------------------------------------------------------------
 
 
