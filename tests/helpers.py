@@ -14,16 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import modelhost
+import pytest
 
 LLM_KEY = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 LLM_ALIAS = "smollm2-135m-instruct"
 LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_KEY = "google/gemma-3-270m-GGUF"  # the third sample model (scripts/fetch_models.py)
 EMB_KEY = "sentence-transformers/all-MiniLM-L6-v2"
 EMB_ALIAS = "all-minilm-l6-v2"
 EMB_WEIGHTS = "model.safetensors"
 
 REFS = Path(__file__).parent / "refs"
 EOG_IDS = {0, 2, 4}  # SmolLM2's end-of-generation ids, as llama.cpp defines them
+# The family checks' summary (tests/test_families.py), printed at the end of the run by conftest.py.
+FAMILY_REPORT = pytest.StashKey[str]()
 STOP_REASONS = {"eosFound", "maxPredictedTokensReached", "stopStringFound", "contextLengthReached", "userStopped"}
 
 

@@ -22,6 +22,21 @@ use pyo3::types::{PyDict, PyList};
 use crate::convert::{from_py, to_py};
 use crate::error::{PyModelHostResult, WrapErr};
 
+/// `[{"role", "content"}, ...]` as core chat messages.
+fn chat_messages(messages: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
+    let mut msgs = Vec::new();
+    for m in messages.try_iter()? {
+        let m = m?;
+        let field = |name: &str| -> PyResult<String> {
+            m.get_item(name)
+                .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
+                .extract::<String>()
+        };
+        msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
+    }
+    Ok(msgs)
+}
+
 fn kind(s: &str) -> PyModelHostResult<ModelKind> {
     Ok(ModelKind::parse(s)?)
 }
@@ -294,17 +309,19 @@ impl PyInstance {
         messages: &Bound<'_, PyAny>,
         add_generation_prompt: bool,
     ) -> PyResult<String> {
-        let mut msgs = Vec::new();
-        for m in messages.try_iter()? {
-            let m = m?;
-            let field = |name: &str| -> PyResult<String> {
-                m.get_item(name)
-                    .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
-                    .extract::<String>()
-            };
-            msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
-        }
+        let msgs = chat_messages(messages)?;
         py.detach(|| self.handle.apply_template(&msgs, add_generation_prompt)).wrap()
+    }
+
+    #[pyo3(signature = (messages, config, on_prompt_progress=None))]
+    fn generate_chat(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
+        self.start(py, Prompt::Chat(chat_messages(messages)?), config, on_prompt_progress)
     }
 
     #[pyo3(signature = (prompt, config, on_prompt_progress=None))]
@@ -319,9 +336,7 @@ impl PyInstance {
             Ok(text) => Prompt::Text(text),
             Err(_) => Prompt::Tokens(prompt.extract::<Vec<u32>>()?),
         };
-        let config = from_py(config)?;
-        let generation = py.detach(|| self.handle.generate(prompt, &config)).wrap()?;
-        Ok(PyGeneration { cancel: generation.cancel_flag(), generation: Mutex::new(generation), on_prompt_progress })
+        self.start(py, prompt, config, on_prompt_progress)
     }
 
     fn evaluate<'py>(&self, py: Python<'py>, tokens: Vec<u32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
@@ -343,6 +358,20 @@ impl PyInstance {
             .map_err(|e| Error::InvalidConfig(e.to_string()))
             .wrap()?;
         Ok(PyArray2::from_owned_array(py, array))
+    }
+}
+
+impl PyInstance {
+    fn start(
+        &self,
+        py: Python<'_>,
+        prompt: Prompt,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
+        let config = from_py(config)?;
+        let generation = py.detach(|| self.handle.generate(prompt, &config)).wrap()?;
+        Ok(PyGeneration { cancel: generation.cancel_flag(), generation: Mutex::new(generation), on_prompt_progress })
     }
 }
 

@@ -283,6 +283,15 @@ impl InstanceHandle {
         }
     }
 
+    /// The token ids of a chat for the assistant's reply, as llama.cpp's chat builds them (LLMs): the template's
+    /// rendering tokenized without doubling a BOS the template writes (`LlmModel::chat_prompt_ids`).
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        match &self.live()?.engine {
+            LoadedModel::Llm { model, .. } => model.chat_prompt_ids(messages),
+            LoadedModel::Embedding { .. } => Err(self.not_for_kind("respond")),
+        }
+    }
+
     /// Start a prediction on `prompt` (text with special tokens parsed, or ids). It holds the
     /// instance's queue until it ends or is dropped.
     pub fn generate(&self, prompt: Prompt, config: &Value) -> Result<Generation> {
@@ -294,6 +303,7 @@ impl InstanceHandle {
         let ids = match prompt {
             Prompt::Text(t) => model.tokenizer.encode(&t, true)?,
             Prompt::Tokens(ids) => ids,
+            Prompt::Chat(messages) => model.chat_prompt_ids(&messages)?,
         };
         let state = model.start(ids, config)?;
         Ok(Generation { request: Some(request), state, cancelled: Arc::new(AtomicBool::new(false)) })
@@ -325,6 +335,9 @@ pub enum Prompt {
     Text(String),
     /// Token ids.
     Tokens(Vec<u32>),
+    /// A chat, for the assistant's reply: rendered with the model's template and tokenized as llama.cpp's chat
+    /// does (`LlmModel::chat_prompt_ids`).
+    Chat(Vec<ChatMessage>),
 }
 
 /// A running prediction: yields fragments; holds the instance's queue until it ends or is dropped.

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use super::blocks::embeddings::TokenEmbeddings;
 use super::blocks::kv_cache::KvCache;
 use super::blocks::linear::Linear;
-use super::blocks::rope::Rope;
+use super::blocks::rope::RopeTables;
 use super::generation::{Fragment, GenerationState, StopReason};
 use super::gguf_loader::GgufLoader;
 use super::params::LlmParams;
@@ -80,7 +80,8 @@ impl LlmModel {
                 format!("{} tokens in the vocabulary but {} rows in token_embd", tokenizer.vocab_size(), params.vocab),
             ));
         }
-        let template = match header.get("tokenizer.chat_template").and_then(Value::as_str) {
+        let source = header.get("tokenizer.chat_template").and_then(Value::as_str);
+        let template = match source.or_else(|| architecture.fallback_chat_template()) {
             Some(src) => Some(
                 ChatTemplate::new(src, tokenizer.bos_token(), tokenizer.eos_token())
                     .map_err(|e| Error::load(path, e.to_string()))?,
@@ -150,6 +151,11 @@ impl LlmModel {
         self.decoder.block_devices()
     }
 
+    /// RoPE tables for an instance of `ctx` positions with base `base` and scale `scale`.
+    pub(super) fn rope_tables(&self, ctx: usize, base: f64, scale: f64) -> Result<RopeTables> {
+        self.decoder.rope_tables(ctx, base, scale)
+    }
+
     /// Render a chat with the model's own template.
     pub fn apply_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         match &self.template {
@@ -158,15 +164,39 @@ impl LlmModel {
         }
     }
 
+    /// The prompt of a chat for the assistant's reply, as llama.cpp's chat builds it (`common_chat_templates_apply`):
+    /// the template rendered with the generation prompt, then tokenized with special tokens parsed and BOS/EOS
+    /// added as the tokenizer adds them, a BOS that the template writes first (an EOS it writes last) dropped
+    /// when the tokenizer adds one itself, so that it is not doubled.
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let rendered = self.apply_template(messages, true)?;
+        let mut text = rendered.as_str();
+        let (bos, eos) = (self.tokenizer.bos_token(), self.tokenizer.eos_token());
+        if self.tokenizer.adds_bos() && !bos.is_empty() {
+            text = text.strip_prefix(bos).unwrap_or(text);
+        }
+        if self.tokenizer.adds_eos() && !eos.is_empty() {
+            text = text.strip_suffix(eos).unwrap_or(text);
+        }
+        self.tokenizer.encode(text, true)
+    }
+
     /// Run `tokens` at positions `pos..` through the model, filling the cache; logits for every position
     /// (`all = true`) or only the last, as a `(n, vocab)` f32 tensor on the CPU.
-    fn forward(&self, cache: &mut KvCache, rope: &Rope, tokens: &[u32], pos: usize, all: bool) -> Result<Tensor> {
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        ropes: &RopeTables,
+        tokens: &[u32],
+        pos: usize,
+        all: bool,
+    ) -> Result<Tensor> {
         // On the pool: called from outside it, this thread would compete with both workers for two cores
         // (see `kernels::on_pool`).
         // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
         // chunk's matmuls are long enough that keeping the workers awake only burns a core.
         let keep_awake = tokens.len() == 1;
-        let logits = crate::kernels::on_pool(keep_awake, || self.decoder.forward(cache, rope, tokens, pos, all))?;
+        let logits = crate::kernels::on_pool(keep_awake, || self.decoder.forward(cache, ropes, tokens, pos, all))?;
         // Weights read in place from a truncated file read as zeros: fail rather than return garbage.
         self.mapping.as_ref().map_or(Ok(()), |m| m.check_intact())?;
         Ok(logits)
@@ -179,7 +209,7 @@ impl LlmModel {
         session.cached.clear();
         let mut out = Vec::with_capacity(tokens.len() * self.params.vocab);
         for (c, chunk) in tokens.chunks(session.eval_batch_size).enumerate() {
-            let logits = self.forward(&mut session.cache, &session.rope, chunk, c * session.eval_batch_size, true)?;
+            let logits = self.forward(&mut session.cache, &session.ropes, chunk, c * session.eval_batch_size, true)?;
             out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
             session.cached.extend_from_slice(chunk);
         }
@@ -219,7 +249,7 @@ impl LlmModel {
         let mut logits = None;
         for chunk in todo.chunks(session.eval_batch_size) {
             let pos = session.cached.len();
-            logits = Some(self.forward(&mut session.cache, &session.rope, chunk, pos, false)?);
+            logits = Some(self.forward(&mut session.cache, &session.ropes, chunk, pos, false)?);
             session.cached.extend_from_slice(chunk);
             report((session.cached.len() - common) as f32 / todo.len() as f32)?;
         }
@@ -229,7 +259,7 @@ impl LlmModel {
 
     fn decode_one(&self, session: &mut LlmSession, token: u32) -> Result<Vec<f32>> {
         let pos = session.cached.len();
-        let logits = self.forward(&mut session.cache, &session.rope, &[token], pos, false)?;
+        let logits = self.forward(&mut session.cache, &session.ropes, &[token], pos, false)?;
         session.cached.push(token);
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
