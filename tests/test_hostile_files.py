@@ -14,6 +14,8 @@ import json
 import os
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -452,12 +454,34 @@ def test_unreadable_file(module_client: mh.Client, keeper: mh.LLM, tmp_path: Pat
         except PermissionError:
             readable = False
         if readable:
-            pytest.skip("running with CAP_DAC_OVERRIDE (root): chmod 0 does not stop reads")
-        assert_clean_failure(
-            module_client, _load_llm(module_client, path), path, keeper, errors=(mh.ModelLoadError, PermissionError)
-        )
+            # Root reads through chmod 0 (CAP_DAC_OVERRIDE): load it from a process without that capability.
+            _load_without_dac_override(path)
+        else:
+            assert_clean_failure(
+                module_client, _load_llm(module_client, path), path, keeper, errors=(mh.ModelLoadError, PermissionError)
+            )
     finally:
         os.chmod(path, 0o644)
+
+
+_LOAD_AND_REPORT = """
+import sys, modelhost as mh
+with mh.Client(sys.argv[2]) as client:
+    try:
+        client.llm.load_new_instance(sys.argv[1])
+    except Exception as e:
+        print(type(e).__name__, isinstance(e, (mh.ModelLoadError, PermissionError)), e)
+    print("loaded", len(client.llm.list_loaded()))
+"""
+
+
+def _load_without_dac_override(path: Path) -> None:
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    args = [*drop, sys.executable, "-c", _LOAD_AND_REPORT, str(path), str(path.parent)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert out[0].split()[1] == "True", out
+    assert str(path) in out[0] and "ermission denied" in out[0], out
+    assert out[1] == "loaded 0"
 
 
 def test_fifo_named_gguf(module_client: mh.Client, keeper: mh.LLM, tmp_path: Path) -> None:
