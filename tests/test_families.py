@@ -9,7 +9,10 @@ modelhost through its public API on each file:
 - generation ends exactly at the tokens llama.cpp treats as end-of-generation (probes: models whose next token is
   always one chosen id);
 - per weight type: the top-5 logits at each prompt's end within 0.5 of llama.cpp's, and the teacher-forced argmax over
-  prompt + llama.cpp's greedy continuation equal wherever llama.cpp's top-1 leads its top-2 by at least 1.0.
+  prompt + llama.cpp's greedy continuation equal wherever llama.cpp's top-1 leads its top-2 by at least 1.0. Where
+  llama.cpp disagrees with itself by more than that (its own prompt evaluated token by token instead of in one batch:
+  0.57-0.66 on some of SmolLM2's and Gemma 3's quantized files), the bound is 1.5 times its own disagreement, which
+  is measured then (tests/llamacpp_sequential.py, cached beside the family's files) and reported.
 
 The worst top-5 difference per file, with each file's tensor types, is written to .pytest_cache/modelhost/families.md
 (and .json) and printed at the end of the run.
@@ -19,6 +22,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +38,8 @@ import pytest
 from helpers import FAMILY_REPORT
 
 LOGIT_TOLERANCE = 0.5
+# How far past llama.cpp's own batched-vs-sequential disagreement a file may be, where that exceeds LOGIT_TOLERANCE.
+SELF_DISAGREEMENT_FACTOR = 1.5
 CLEAR_LEAD = 1.0
 CONTEXT = {"contextLength": 512}
 
@@ -60,15 +69,18 @@ class Report:
 
     def markdown(self) -> str:
         lines = [
-            "| file | arch | tensor types | worst top-5 diff | teacher-forced mismatches / checked | status |",
-            "|---|---|---|---:|---:|---|",
+            "| file | arch | tensor types | worst top-5 diff | llama.cpp vs itself "
+            "| teacher-forced mismatches / checked | status |",
+            "|---|---|---|---:|---:|---:|---|",
         ]
         for name, row in self.files.items():
             worst = row.get("worst_top5_diff")
+            itself = row.get("llama_cpp_self_diff")
             forced = row.get("forced")
             lines.append(
                 f"| {name} | {row.get('arch', '')} | {row.get('types', '')} "
                 f"| {'' if worst is None else f'{worst:.4f}'} "
+                f"| {'' if itself is None else f'{itself:.4f}'} "
                 f"| {'' if forced is None else f'{forced[0]} / {forced[1]}'} | {row.get('status', '')} |"
             )
         columns = ["tokenization", "template", "eog", "feature effect"]
@@ -163,8 +175,36 @@ def test_top5_logits_at_prompt_end(subject: tuple[dict[str, Any], Loaded, dict[s
             if diff >= worst:
                 worst, where = diff, f"{case['kind']} case {str(case.get('prompt', case.get('messages')))[:40]!r}"
     row["worst_top5_diff"] = worst
-    row["status"] = "ok" if worst <= LOGIT_TOLERANCE else "top-5 off"
-    assert worst <= LOGIT_TOLERANCE, f"worst top-5 difference {worst:.3f} ({where}); tensor types: {row['types']}"
+    bound = LOGIT_TOLERANCE
+    if worst > LOGIT_TOLERANCE:
+        row["llama_cpp_self_diff"] = itself = llama_cpp_self_difference(entry, row)
+        bound = max(LOGIT_TOLERANCE, SELF_DISAGREEMENT_FACTOR * itself)
+    row["status"] = "ok" if worst <= bound else "top-5 off"
+    assert worst <= bound, (
+        f"worst top-5 difference {worst:.3f} ({where}), bound {bound:.3f} (llama.cpp vs itself: "
+        f"{row.get('llama_cpp_self_diff', 0.0):.3f}); tensor types: {row['types']}"
+    )
+
+
+def llama_cpp_self_difference(entry: dict[str, Any], row: dict[str, Any]) -> float:
+    """The worst top-5 difference between llama.cpp's batched reference and its own token-by-token evaluation of the
+    same prompts, computed once per file and cached beside the family's files."""
+    cases = entry["refs"]["cases"]
+    cache = fm.fixtures_dir() / "families" / f"{row['family']}-{fm.cache_key(row['family'])}"
+    cache = cache / f"sequential-{row['variant']}.json"
+    if not cache.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            cases_path, out_path = Path(tmp) / "cases.json", Path(tmp) / "out.json"
+            cases_path.write_text(json.dumps(cases))
+            worker = Path(__file__).with_name("llamacpp_sequential.py")
+            env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+            args = [sys.executable, str(worker), entry["path"], str(cases_path), str(out_path)]
+            subprocess.run(args, check=True, capture_output=True, env=env)
+            out_path.replace(cache)
+    sequential = json.loads(cache.read_text())
+    return max(
+        abs(value - ref) for case, seq in zip(cases, sequential) for (_, ref), (_, value) in zip(case["top5"], seq)
+    )
 
 
 def test_teacher_forced_argmax_where_llama_cpp_is_clear(
