@@ -57,9 +57,9 @@ lint-rust:
 .PHONY: lint  ## all linters
 lint: lint-rust lint-python
 
-.PHONY: test  ## set everything up, lint, then cargo test (core) and pytest (Python API), on the real models
+.PHONY: test  ## set everything up, lint, then cargo test (core, server) and pytest (Python API), on the real models
 test: install lint
-	cargo test --release -p modelhost-core
+	cargo test --release -p modelhost-core -p modelhost-server
 	$(PY) -m pytest -q
 
 .PHONY: demo  ## set everything up, load SmolLM2 with a progress bar, show its info, chat once, unload

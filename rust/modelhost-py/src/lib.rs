@@ -3,6 +3,7 @@
 
 mod convert;
 mod error;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use modelhost_core::{
     BoxError, CatalogEntry, ChatMessage, Error, Generation, Host, HostOptions, InstanceHandle, LoadConfig, LoadRequest,
-    ModelKind, Progress, Prompt,
+    LoadedBy, ModelKind, Progress, Prompt,
 };
 use numpy::{ndarray::Array2, PyArray2};
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
@@ -23,6 +24,29 @@ use crate::error::{PyModelHostResult, WrapErr};
 
 fn kind(s: &str) -> PyModelHostResult<ModelKind> {
     Ok(ModelKind::parse(s)?)
+}
+
+/// A load on behalf of the host's own client (`None`), the CLI or the server.
+fn load_request<'a>(
+    ttl: Option<Duration>,
+    config: LoadConfig,
+    progress: Progress<'a>,
+    no_hup: bool,
+    loaded_by: Option<&str>,
+) -> modelhost_core::Result<LoadRequest<'a>> {
+    let mut req = LoadRequest::new(ttl, config, progress);
+    req.no_hup = no_hup;
+    req.loaded_by = match loaded_by {
+        None | Some("client") => None,
+        Some("cli") => Some(LoadedBy::Cli),
+        Some("server") => Some(LoadedBy::Server),
+        Some(other) => {
+            return Err(Error::InvalidConfig(format!(
+                "loaded_by must be \"client\", \"cli\" or \"server\", got {other:?}"
+            )))
+        }
+    };
+    Ok(req)
 }
 
 fn ttl(seconds: Option<f64>) -> PyModelHostResult<Option<Duration>> {
@@ -74,31 +98,46 @@ fn entry_dict(py: Python<'_>, e: &CatalogEntry) -> PyResult<Py<PyAny>> {
     Ok(d.into_any().unbind())
 }
 
-/// The catalog plus the instance table (TTL thread, memory budget). One per `Client`.
+/// A catalog (models dir) and the limits its loads obey, viewing an instance table: the process's shared one, or
+/// a private one (`isolated`). One per `Client`.
 #[pyclass(name = "Host", module = "modelhost._core", frozen)]
-struct PyHost {
-    host: Host,
+pub(crate) struct PyHost {
+    pub(crate) host: Host,
     models_dir: String,
+    isolated: bool,
 }
 
 #[pymethods]
 impl PyHost {
     #[new]
-    #[pyo3(signature = (models_dir, memory_budget=None, max_loaded=None, auto_evict=true))]
+    #[pyo3(signature = (models_dir, memory_budget=None, max_loaded=None, auto_evict=true, isolated=true))]
     fn new(
         models_dir: String,
         memory_budget: Option<u64>,
         max_loaded: Option<usize>,
         auto_evict: bool,
+        isolated: bool,
     ) -> PyResult<Self> {
         let options = HostOptions { memory_budget, max_loaded, auto_evict };
-        let host = Host::new(PathBuf::from(&models_dir), options).wrap()?;
-        Ok(PyHost { host, models_dir })
+        let dir = PathBuf::from(&models_dir);
+        let host = if isolated { Host::new(dir, options) } else { Host::shared(dir, options) }.wrap()?;
+        Ok(PyHost { host, models_dir, isolated })
     }
 
     #[getter]
     fn models_dir(&self) -> &str {
         &self.models_dir
+    }
+
+    #[getter]
+    fn isolated(&self) -> bool {
+        self.isolated
+    }
+
+    /// The id this host's own loads are recorded under (`info()["client_id"]`).
+    #[getter]
+    fn client_id(&self) -> Option<&str> {
+        self.host.client_id()
     }
 
     #[pyo3(signature = (kind=None))]
@@ -108,7 +147,8 @@ impl PyHost {
         entries.iter().map(|e| entry_dict(py, e)).collect()
     }
 
-    #[pyo3(signature = (kind, key, ttl, config, on_progress))]
+    #[pyo3(signature = (kind, key, ttl, config, on_progress, no_hup=false, loaded_by=None))]
+    #[allow(clippy::too_many_arguments)]
     fn model(
         &self,
         py: Python<'_>,
@@ -117,16 +157,19 @@ impl PyHost {
         ttl: Option<f64>,
         config: &Bound<'_, PyAny>,
         on_progress: Option<Py<PyAny>>,
+        no_hup: bool,
+        loaded_by: Option<String>,
     ) -> PyResult<PyInstance> {
         let (kind, ttl) = (self::kind(kind)?, self::ttl(ttl)?);
         let config = LoadConfig::from_json(&from_py(config)?).wrap()?;
         let handle = with_progress(py, on_progress, |progress| {
-            self.host.model(kind, key.as_deref(), LoadRequest { ttl, config, progress })
+            let req = load_request(ttl, config, progress, no_hup, loaded_by.as_deref())?;
+            self.host.model(kind, key.as_deref(), req)
         })?;
         Ok(PyInstance { handle })
     }
 
-    #[pyo3(signature = (kind, key, identifier, ttl, config, on_progress))]
+    #[pyo3(signature = (kind, key, identifier, ttl, config, on_progress, no_hup=false, loaded_by=None))]
     #[allow(clippy::too_many_arguments)]
     fn load_new_instance(
         &self,
@@ -137,11 +180,14 @@ impl PyHost {
         ttl: Option<f64>,
         config: &Bound<'_, PyAny>,
         on_progress: Option<Py<PyAny>>,
+        no_hup: bool,
+        loaded_by: Option<String>,
     ) -> PyResult<PyInstance> {
         let (kind, ttl) = (self::kind(kind)?, self::ttl(ttl)?);
         let config = LoadConfig::from_json(&from_py(config)?).wrap()?;
         let handle = with_progress(py, on_progress, |progress| {
-            self.host.load_new_instance(kind, &key, identifier.as_deref(), LoadRequest { ttl, config, progress })
+            let req = load_request(ttl, config, progress, no_hup, loaded_by.as_deref())?;
+            self.host.load_new_instance(kind, &key, identifier.as_deref(), req)
         })?;
         Ok(PyInstance { handle })
     }
@@ -152,7 +198,7 @@ impl PyHost {
         Ok(py.detach(|| self.host.list_loaded(kind)).into_iter().map(|handle| PyInstance { handle }).collect())
     }
 
-    fn unload(&self, py: Python<'_>, kind: Option<&str>, key_or_identifier: String) -> PyResult<()> {
+    fn unload(&self, py: Python<'_>, kind: Option<&str>, key_or_identifier: String) -> PyResult<Vec<String>> {
         let kind = kind.map(self::kind).transpose()?;
         py.detach(|| self.host.unload(kind, &key_or_identifier)).wrap()
     }
@@ -356,6 +402,8 @@ fn parse_gguf_header(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyAny>> {
 
 #[pymodule]
 mod _core {
+    #[pymodule_export]
+    use super::serve::{serve, PyServer};
     #[pymodule_export]
     use super::{mapped_file_count, parse_gguf_header, PyGeneration, PyHost, PyInstance};
 

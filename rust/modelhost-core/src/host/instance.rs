@@ -18,6 +18,36 @@ use crate::models::bert::EmbeddingModel;
 use crate::models::{Fragment, GenerationState, LlmModel, LlmSession, PredictionStats};
 use crate::text::ChatMessage;
 
+/// Who loaded an instance: a client's `close()` unloads only what it loaded itself (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadedBy {
+    /// A client, by its id: an in-process `Client`, or a remote one through the HTTP lifecycle API.
+    Client(String),
+    /// The HTTP server: a just-in-time load, or its load route.
+    Server,
+    /// The command-line tool.
+    Cli,
+}
+
+impl LoadedBy {
+    /// "client", "server" or "cli".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LoadedBy::Client(_) => "client",
+            LoadedBy::Server => "server",
+            LoadedBy::Cli => "cli",
+        }
+    }
+
+    /// The client's id, for a client's load.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            LoadedBy::Client(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// When an instance was last used, and whether it still takes requests.
 pub(super) struct Activity {
     pub(super) in_flight: usize,
@@ -45,6 +75,8 @@ pub struct Instance {
     pub(super) context_length: usize,
     pub(super) seed: Option<u64>,
     pub(super) weights_id: usize,
+    pub(super) loaded_by: LoadedBy,
+    pub(super) no_hup: bool,
     pub(super) activity: Mutex<Activity>,
     pub(super) queue: FifoQueue,
     pub(super) engine: LoadedModel,
@@ -150,12 +182,17 @@ impl InstanceHandle {
         self.live().is_ok()
     }
 
-    /// LM Studio's instance info, plus ttl, last_used and placement.
+    /// LM Studio's instance info, plus ttl, last use, activity, who loaded it, and placement.
     pub fn info(&self) -> Result<Value> {
         let i = self.live()?;
         let e = &i.entry;
-        let last_used =
-            lock(&i.activity).last_used_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let (last_used, in_flight, idle_for) = {
+            let a = lock(&i.activity);
+            let wall = a.last_used_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            (wall, a.in_flight, a.last_used.elapsed())
+        };
+        // What the TTL thread will do if nothing else arrives: unload it this many seconds from now.
+        let expires_in = i.ttl.filter(|_| in_flight == 0).map(|ttl| ttl.saturating_sub(idle_for).as_secs_f64());
         let mut info = json!({
             "type": e.kind.as_str(),
             "model_key": e.model_key,
@@ -174,6 +211,12 @@ impl InstanceHandle {
             "trained_for_tool_use": e.trained_for_tool_use,
             "ttl": i.ttl.map(|t| t.as_secs_f64()),
             "last_used": last_used,
+            "expires_in": expires_in,
+            "in_flight": in_flight,
+            "status": if in_flight == 0 { "idle" } else { "busy" },
+            "loaded_by": i.loaded_by.as_str(),
+            "client_id": i.loaded_by.client_id(),
+            "no_hup": i.no_hup,
             "device": i.placement.main_device(),
             "placement": i.placement.layers.iter().map(|(l, d)| json!({"layer": l, "device": d})).collect::<Vec<_>>(),
             "placement_warning": i.placement.warning,

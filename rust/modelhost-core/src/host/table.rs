@@ -20,8 +20,8 @@ pub(super) type WeightsKey = (PathBuf, u64, Option<SystemTime>, bool, bool, Vec<
 #[derive(Default)]
 pub(super) struct InstanceTable {
     pub(super) instances: Vec<Arc<Instance>>,
-    /// Model keys being loaded by `model()`: later callers wait instead of loading again.
-    pub(super) loading: HashSet<String>,
+    /// Model files being loaded by `model()`: later callers wait instead of loading again.
+    pub(super) loading: HashSet<PathBuf>,
     pub(super) reserved_ids: HashSet<String>,
     pub(super) reserved_bytes: u64,
     pub(super) loads_in_progress: usize,
