@@ -111,6 +111,11 @@ def _maybe_on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object] | 
     return None if fn is None else _on_loop(loop, fn)
 
 
+def _close_when_started(starting: asyncio.Future[PredictionStream]) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        _pool().submit(starting.result().close)
+
+
 class AsyncPredictionStream:
     """A running prediction, for ``async for``; then :meth:`result`.
 
@@ -134,7 +139,12 @@ class AsyncPredictionStream:
             return self._sync
         if self._starting is None:
             self._starting = asyncio.ensure_future(_run(self._start_sync))
-        self._sync = await asyncio.shield(self._starting)
+        try:
+            self._sync = await asyncio.shield(self._starting)
+        except asyncio.CancelledError:
+            # The task that started it is cancelled: so is the prediction, once it has started.
+            self._starting.add_done_callback(_close_when_started)
+            raise
         return self._sync
 
     def __await__(self) -> Generator[Any, None, AsyncPredictionStream]:
@@ -180,7 +190,7 @@ class AsyncPredictionStream:
         try:
             kind, value = await self._queue.get()
         except asyncio.CancelledError:
-            stream.cancel()  # the task reading the stream is cancelled: so is the prediction
+            _pool().submit(stream.cancel)  # the task reading the stream is cancelled: so is the prediction
             raise
         if kind == "fragment":
             fragment: LlmPredictionFragment = value
@@ -235,7 +245,7 @@ class AsyncPredictionStream:
         if self._queue is None:
             await _run(stream.close)
             return
-        stream.cancel()
+        await _run(stream.cancel)
         with contextlib.suppress(ModelHostError):
             async for _ in self:
                 pass
