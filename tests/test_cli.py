@@ -74,7 +74,8 @@ def test_ls_in_process(env: dict[str, str]) -> None:
         "max_context_length", "display_name", "vision", "loaded_instances",
     }  # fmt: skip
     assert (rows[0]["type"], rows[0]["loaded_instances"]) == ("embedding", [])
-    assert [r["model_key"] for r in ok_json(env, "ls", "--llm")] == [LLM_KEY]
+    llms = ok_json(env, "ls", "--llm")
+    assert LLM_KEY in [r["model_key"] for r in llms] and {r["type"] for r in llms} == {"llm"}
 
 
 def test_chat_in_process(env: dict[str, str]) -> None:
@@ -153,7 +154,8 @@ def test_commands_use_the_running_server(env: dict[str, str], server: dict[str, 
     assert instances[1]["ttl"] is None
     table = ok(env, "ps")
     assert "cli-llm" in table and "300s (" in table
-    assert [r["loaded_instances"] for r in ok_json(env, "ls")] == [["cli-llm"], [EMB_KEY]]
+    by_key = {r["model_key"]: r["loaded_instances"] for r in ok_json(env, "ls")}
+    assert (by_key[LLM_KEY], by_key[EMB_KEY]) == (["cli-llm"], [EMB_KEY])
     # The server's instances serve the CLI's chat and embed (no load in the CLI's process).
     out = cli(env, "chat", "cli-llm", "-p", "Say hello.", "--max-tokens", "4")
     assert out.returncode == 0 and out.stdout.strip() and "no server" not in out.stderr
@@ -169,30 +171,29 @@ def test_commands_use_the_running_server(env: dict[str, str], server: dict[str, 
 
 def test_serve_in_the_foreground_with_a_token(env: dict[str, str], tmp_path: Path) -> None:
     token_env = {**env, "MODELHOST_STATE_DIR": str(tmp_path), "LM_API_TOKEN": "s3cret"}
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "modelhost", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
         env=token_env,
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        assert first.startswith("modelhost serving on http://127.0.0.1:")
-        address = first.split("http://")[1].strip()
-        state = json.loads((tmp_path / "server.json").read_text())
-        assert state["url"] == f"http://{address}" and state["pid"] == process.pid and state["api_token_required"]
-        no_token = {k: v for k, v in env.items() if k != "LM_API_TOKEN"}
-        out = cli(no_token, "ps", "--host", address)
-        assert out.returncode == 1 and "token" in out.stderr.lower()
-        assert ok_json(token_env, "ps") == []  # found by its state file, token from the environment
-        assert ok_json(no_token, "ps", "--host", address, "--api-token", "s3cret") == []
-        stopped = ok_json(token_env, "server", "stop")
-        assert stopped["stopped"] is True
-        assert process.wait(timeout=60) == 0
-        assert not (tmp_path / "server.json").exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()
+            assert first.startswith("modelhost serving on http://127.0.0.1:")
+            address = first.split("http://")[1].strip()
+            state = json.loads((tmp_path / "server.json").read_text())
+            assert state["url"] == f"http://{address}" and state["pid"] == process.pid and state["api_token_required"]
+            no_token = {k: v for k, v in env.items() if k != "LM_API_TOKEN"}
+            out = cli(no_token, "ps", "--host", address)
+            assert out.returncode == 1 and "token" in out.stderr.lower()
+            assert ok_json(token_env, "ps") == []  # found by its state file, token from the environment
+            assert ok_json(no_token, "ps", "--host", address, "--api-token", "s3cret") == []
+            stopped = ok_json(token_env, "server", "stop")
+            assert stopped["stopped"] is True
+            assert process.wait(timeout=60) == 0
+            assert not (tmp_path / "server.json").exists()
+        finally:
+            if process.poll() is None:
+                process.kill()

@@ -391,8 +391,9 @@ class RemoteHost:
         return self._load("/models/load_new_instance", body, on_progress, no_hup, loaded_by)
 
     def list_loaded(self, kind: str | None = None) -> list[RemoteInstance]:
-        """Every instance the server has loaded."""
-        self._check_open()
+        """Every instance the server has loaded (none once this client is closed, as in-process)."""
+        if self._closed:
+            return []
         params = {"kind": kind} if kind is not None else {}
         infos = self.request("GET", "/models/loaded", params=params)["instances"]
         return [RemoteInstance(self, {"info": info}) for info in infos]
@@ -413,17 +414,21 @@ class RemoteHost:
         return estimate
 
     def close(self) -> None:
-        """Unload this client's own loads (not those with ``no_hup``) and drop the connections. Idempotent; a server
-        that is already gone has nothing left to unload."""
+        """Unload this client's own loads (not those with ``no_hup``); then its own calls raise `ClientClosedError`.
+        Idempotent; a server that is already gone has nothing left to unload. As in-process, handles on instances
+        that stay loaded keep working: the connections go when the last of them does."""
         if self._closed:
             return
         self._closed = True
-        try:
+        with contextlib.suppress(ServerConnectionError):
             self.request("POST", "/client/close", {"client": self.client_id})
-        except ServerConnectionError:
-            pass
-        finally:
-            self._http.close()
+
+    def __del__(self) -> None:
+        """Drop the connections once neither the client nor a handle needs them."""
+        http = getattr(self, "_http", None)
+        if http is not None:
+            with contextlib.suppress(Exception):
+                http.close()
 
 
 def _load_config_body(config: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -446,7 +451,6 @@ class RemoteInstance:
         self._load_config: dict[str, Any] | None = loaded.get("load_config")
 
     def _call(self, path: str, **fields: Any) -> Any:
-        self._host._check_open()
         body = {"identifier": self.identifier, "instance_reference": self.instance_reference, **fields}
         return self._host.request("POST", path, body)
 
@@ -491,7 +495,6 @@ class RemoteInstance:
 
     def generate(self, prompt: str | Sequence[int], config: dict[str, Any]) -> RemoteGeneration:
         """Start a streamed prediction from raw text or token ids."""
-        self._host._check_open()
         body = {
             "identifier": self.identifier,
             "instance_reference": self.instance_reference,

@@ -186,7 +186,6 @@ def _serve(args: argparse.Namespace) -> int:
     port = _remote.default_port() if args.port is None else args.port
     client = Client(models_dir=args.models_dir, memory_budget=args.memory_budget, max_loaded=args.max_loaded)
     server = client.serve(args.host, port, api_token=args.api_token, cors=args.cors)
-    print(f"modelhost serving on {server.url}", flush=True)
     state = {
         "url": server.url,
         "pid": os.getpid(),
@@ -200,6 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(state), encoding="utf-8")
     temporary.replace(path)
+    print(f"modelhost serving on {server.url}", flush=True)  # after the state file: whoever reads this finds both
     signal.signal(signal.SIGTERM, _terminate)  # drain and stop, as Ctrl-C does
     try:
         server.wait()
