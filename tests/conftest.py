@@ -38,15 +38,17 @@ def models_dir() -> Path:
 
 @pytest.fixture
 def client(models_dir: Path) -> Iterator[modelhost.Client]:
-    """A fresh client on the real models dir, closed after the test."""
-    with modelhost.Client(models_dir) as c:
+    """A fresh client on the real models dir with a table of its own (``isolated``: what the test loads, over HTTP
+    too, is gone after it, and nothing another test loaded is in it), closed after the test. The process-wide table
+    is tested in test_one_host.py and by the LM Studio examples."""
+    with modelhost.Client(models_dir, isolated=True) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def module_client(models_dir: Path) -> Iterator[modelhost.Client]:
-    """A client shared by one test module (for tests that only use loaded models)."""
-    with modelhost.Client(models_dir) as c:
+    """A client shared by one test module (for tests that only use loaded models), with a table of its own."""
+    with modelhost.Client(models_dir, isolated=True) as c:
         yield c
 
 
