@@ -25,6 +25,7 @@ from .client import Client, _env_api_token
 from .errors import ModelHostError, ModelKindError, ModelNotFoundError, ModelUnloadedError
 from .handles import AnyModelHandle
 from .models import ModelInstanceInfo
+from .ray._cli import add_ray_commands, run_ray_command
 
 __all__ = ["main"]
 
@@ -120,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
     chat.add_argument("--context-length", type=int, help="context length, if this loads the model")
     _add_connection(chat)
+
+    add_ray_commands(commands)
 
     embed = commands.add_parser("embed", help="print embedding vectors (one JSON array per line)")
     embed.add_argument("key", help="model key, alias or instance identifier")
@@ -599,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "server":
             return _SERVER_ACTIONS[args.action](args)
+        if args.command == "ray":
+            return run_ray_command(args)
         with _open(args) as client:
             return _MODEL_COMMANDS[args.command](client, args)
     except _UsageError as e:

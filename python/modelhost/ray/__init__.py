@@ -19,19 +19,30 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelHostError
+from ._cli import init_local
 from ._config import DEFAULT_APP_NAME, DEFAULT_PORT, RayServeConfig, models_per_replica
 
 if TYPE_CHECKING:
     from ray.serve import Application
 
-__all__ = ["DEFAULT_APP_NAME", "DEFAULT_PORT", "RayServeConfig", "app", "models_per_replica", "status"]
+__all__ = [
+    "DEFAULT_APP_NAME",
+    "DEFAULT_PORT",
+    "RayServeConfig",
+    "app",
+    "init_local",
+    "models_per_replica",
+    "serve_module",
+    "status",
+]
 
 _INSTALL_HINT = "modelhost.ray needs Ray Serve: pip install 'modelhost[ray]'"
 INGRESS_MAX_ONGOING_REQUESTS = 1000
 """The ingress only parses and streams, so it admits many requests; the replicas bound the work."""
 
 
-def _serve() -> Any:
+def serve_module() -> Any:
+    """``ray.serve``, or an ImportError saying how to install it."""
     try:
         from ray import serve
     except ImportError as e:
@@ -72,7 +83,7 @@ def app(
         )
     elif models_dir is not None or replicas != 1 or memory_budget is not None or ttl is not None or settings:
         raise ModelHostError("give either config= or the settings as arguments, not both")
-    serve = _serve()
+    serve = serve_module()
     from ._ingress import ModelhostIngress
     from ._registry import ModelhostRegistry
     from ._replica import ModelhostReplica
@@ -105,7 +116,7 @@ def status(name: str = DEFAULT_APP_NAME) -> list[dict[str, Any]]:
     Raises:
         ModelHostError: No such application is running.
     """
-    serve = _serve()
+    serve = serve_module()
     try:
         handle = serve.get_deployment_handle("ModelhostRegistry", app_name=name)
         replicas: list[dict[str, Any]] = handle.replicas.remote().result(timeout_s=30)

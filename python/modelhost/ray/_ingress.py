@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -86,7 +86,9 @@ async def _read_body(request: Request) -> bytes:
 class ModelhostIngress:
     """The ingress deployment (one replica is plenty: it only parses, routes and streams)."""
 
-    def __init__(self, replicas: DeploymentHandle, registry: DeploymentHandle, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, replicas: DeploymentHandle[Any], registry: DeploymentHandle[Any], settings: dict[str, Any]
+    ) -> None:
         self._replicas = replicas
         self._registry = registry
         self._config = RayServeConfig.from_dict(settings)
@@ -113,7 +115,9 @@ class ModelhostIngress:
                 return error_response(413, "the body is over the limit", "invalid_request_error", "body_too_large")
             return await self._forward(request, body, await self._route_key(path, body))
         if path in ROUTE_KINDS or path in ANY_REPLICA_ROUTES or path in (HEALTH_ROUTE, STATUS_ROUTE):
-            return error_response(405, f"{method} is not allowed on {path}", "invalid_request_error", "method_not_allowed")
+            return error_response(
+                405, f"{method} is not allowed on {path}", "invalid_request_error", "method_not_allowed"
+            )
         return error_response(
             404,
             f"no route {path} on the Ray Serve ingress: it serves the OpenAI routes (/v1/models, /v1/chat/completions, "
@@ -144,7 +148,9 @@ class ModelhostIngress:
         headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED_HEADERS}
         handle = self._replicas.options(stream=True, multiplexed_model_id=key or "")
         for attempt in range(RETRIES_ON_REPLICA_DEATH + 1):
-            answer: DeploymentResponseGenerator = handle.forward.remote(request.method, target, headers, body)
+            answer = cast(
+                "DeploymentResponseGenerator[Any]", handle.forward.remote(request.method, target, headers, body)
+            )
             try:
                 head: dict[str, Any] = await answer.__anext__()
                 if "text/event-stream" in head["headers"].get("content-type", ""):
@@ -154,7 +160,7 @@ class ModelhostIngress:
                 content = b"".join([chunk async for chunk in answer])
                 return Response(content, status_code=head["status"], headers=head["headers"])
             except _REPLICA_DIED as e:
-                answer.cancel()
+                answer.cancel()  # type: ignore[no-untyped-call]
                 logger.warning("modelhost ingress: the replica died under a request (attempt %d): %s", attempt + 1, e)
                 last_error = e
         return error_response(
@@ -165,7 +171,7 @@ class ModelhostIngress:
             "replica_unavailable",
         )
 
-    async def _rest_of_stream(self, answer: DeploymentResponseGenerator) -> AsyncIterator[bytes]:
+    async def _rest_of_stream(self, answer: DeploymentResponseGenerator[Any]) -> AsyncIterator[bytes]:
         try:
             async for chunk in answer:
                 yield chunk
@@ -176,4 +182,4 @@ class ModelhostIngress:
                 "replica_unavailable",
             )
         finally:
-            answer.cancel()  # a client that left cancels the replica's request, and so its generation
+            answer.cancel()  # type: ignore[no-untyped-call]  # a client that left cancels the replica's request, and so its generation

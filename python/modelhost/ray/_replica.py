@@ -8,8 +8,9 @@ streams are exactly those of ``modelhost serve``. What it adds is residency, kep
   (``client.llm.model(key)``: get-or-load, so a model already loaded is never loaded twice) and returns a
   ``_ServeSlot``; Serve's LRU releases the slot, which unloads the model.
 - A model is never unloaded under a request of this replica: a release while requests are in flight is
-  deferred to the end of the last one, and a slot taken again before then cancels it. The ingress resolves aliases
-  to the catalog key first, so one model never holds two slots.
+  deferred to the end of the last one, and a slot taken again before then cancels it. A load waits for such
+  deferred unloads first, so the models loaded never outnumber Serve's slots (which the budget holds). The
+  ingress resolves aliases to the catalog key first, so one model never holds two slots.
 - A model the host unloaded on its own (its TTL, or its budget's eviction when deferred unloads overlap a load)
   is loaded again when the next request for it arrives.
 """
@@ -90,7 +91,8 @@ class _ServeSlot:
 class ModelhostReplica:
     """A Serve deployment's replica running one modelhost host (see the module doc)."""
 
-    async def __init__(self, settings: dict[str, Any], registry: DeploymentHandle) -> None:
+    async def __init__(self, settings: dict[str, Any], registry: DeploymentHandle[Any]) -> None:  # type: ignore[misc]
+        # (Serve awaits an async constructor, on the event loop the requests run on.)
         self._config = RayServeConfig.from_dict(settings)
         # Before the first computation of this process, which sizes the compute pool once.
         os.environ["RAYON_NUM_THREADS"] = str(self._config.threads)
@@ -113,6 +115,7 @@ class ModelhostReplica:
             self._estimates(), self._config.memory_budget
         )
         self._residency: dict[str, _Residency] = {}
+        self._request_ended = asyncio.Event()
         self._stats = _Stats()
         self._started = time.time()
 
@@ -209,9 +212,18 @@ class ModelhostReplica:
             # Serve asked for a model it already holds here: its cache and ours disagree.
             self._stats.duplicate_loads += 1
             self._event("duplicate_load", key)
+        await self._drain_released()
         await self._load(state)
         state.held_by_serve = True
         return _ServeSlot(self, key)
+
+    async def _drain_released(self) -> None:
+        """Wait until the models Serve released under requests have been unloaded, so the models loaded are never
+        more than Serve's slots, which the budget holds (``models_per_replica``): modelhost then never has to
+        evict, and never refuses a load because the released model is still busy."""
+        while any(s.in_flight and not s.held_by_serve for s in self._residency.values()):
+            self._request_ended.clear()
+            await self._request_ended.wait()
 
     def _release(self, key: str) -> None:
         """Serve's LRU dropped the model: unload it now, or when this replica's last request on it ends."""
@@ -257,6 +269,7 @@ class ModelhostReplica:
         state.in_flight -= 1
         if state.in_flight == 0 and not state.held_by_serve:
             self._unload(state, "serve_lru_deferred")
+            self._request_ended.set()
 
     # --- requests -----------------------------------------------------------------------------------------------
 
