@@ -16,6 +16,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -332,6 +333,24 @@ def test_mixed_requests_on_two_replicas(base_url: str, reference: modelhost.Clie
             elif event["event"] == "unload":
                 resident[event["key"]] = False
         assert len(replica["models"]) <= 2
+
+
+def test_cli_ray_status(base_url: str) -> None:
+    """`modelhost ray status` in another process, connected to the running cluster, shows each replica's models."""
+    address = ray.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "modelhost", "ray", "status", "--address", address, "--name", APP]
+    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 0, as_json.stderr
+    replicas = json.loads(as_json.stdout)
+    assert len(replicas) == 2 and all(r["models_per_replica"] == 2 for r in replicas)
+    as_text = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert as_text.returncode == 0, as_text.stderr
+    for r in replicas:
+        assert f"replica {r['replica']}" in as_text.stdout
+        for m in r["models"]:
+            assert m["key"] in as_text.stdout
+    missing = subprocess.run([*command[:-1], "no-such-app"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no modelhost application 'no-such-app'" in missing.stderr
 
 
 # --- a replica dies --------------------------------------------------------------------------------------------
