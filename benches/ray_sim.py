@@ -1,7 +1,8 @@
 """Scale-out simulation: 100 replicas x 50 models under a Zipf request stream, Ray Serve's multiplexed routing with
 modelhost's budget vs random routing. Pure Python, seeded, discrete-event (docs/scale-out.md states the model).
 
-Usage: python benches/ray_sim.py [--figures benches/results/ray-figures.json] [--seed 0] [--out benches/results/ray-sim.md]
+Usage: python benches/ray_sim.py [--figures benches/results/ray-figures.json] [--seed 0]
+       [--out benches/results/ray-sim.md]
 
 Fed with figures measured on this machine (benches/ray_figures.py): load time, time to first token and decode rate
 of GGUF files of several sizes, fitted linearly in the file size, so a model of any size in the range gets a load
