@@ -17,7 +17,7 @@ Assumptions (stated in the output too):
 - Requests arrive as a Poisson stream; each names a model drawn from a Zipf law (exponent 1.1) over the 50 models,
   and asks for 64 generated tokens. The rate is set so that with every request a hit the replicas are 60 % busy.
 - Serve (pow-2 with multiplexing): among replicas that hold or are loading the model, the shorter of two random
-  ones if it has fewer than ``max_ongoing_requests``; else, or when none holds it, the shorter of two random
+  ones if it has fewer than ``max_ongoing_requests`` (16 and 4 are compared); else, or when none holds it, the shorter of two random
   replicas among those with the fewest models; the model-id push to the router is taken as instantaneous (Serve's
   is every 0.1 s). Random: a uniformly random replica.
 - Latency = completion - arrival (queueing, any load, first token, decode). The first simulated minute is warm-up
@@ -42,7 +42,7 @@ ZIPF_EXPONENT = 1.1
 TOKENS = 64
 BUSY_TARGET = 0.6
 MEMORY_PER_FILE_BYTE = 1.5
-MAX_ONGOING_REQUESTS = 16
+MAX_ONGOING_CHOICES = (16, 4)
 SIM_SECONDS = 660.0
 WARMUP_SECONDS = 60.0
 
@@ -101,20 +101,24 @@ def _pick_shorter(rng: random.Random, replicas: list[Replica], ids: list[int], n
     return a if replicas[a].ongoing(now) <= replicas[b].ongoing(now) else b
 
 
-def _route_serve(rng: random.Random, replicas: list[Replica], holders: list[int], now: float) -> int:
+def _route_serve(
+    rng: random.Random, replicas: list[Replica], holders: list[int], now: float, max_ongoing: int
+) -> int:
     if holders:
         chosen = _pick_shorter(rng, replicas, holders, now)
-        if replicas[chosen].ongoing(now) < MAX_ONGOING_REQUESTS:
+        if replicas[chosen].ongoing(now) < max_ongoing:
             return chosen
     fewest = min(len(r.models) for r in replicas)
     candidates = [i for i, r in enumerate(replicas) if len(r.models) == fewest]
     chosen = _pick_shorter(rng, replicas, candidates, now)
-    if replicas[chosen].ongoing(now) < MAX_ONGOING_REQUESTS:
+    if replicas[chosen].ongoing(now) < max_ongoing:
         return chosen
     return min(range(len(replicas)), key=lambda i: replicas[i].ongoing(now))  # all full: Serve waits; we queue
 
 
-def simulate(policy: str, costs: Costs, sizes: list[float], budget: float, rate: float, seed: int) -> dict[str, Any]:
+def simulate(
+    policy: str, costs: Costs, sizes: list[float], budget: float, rate: float, seed: int, max_ongoing: int = 0
+) -> dict[str, Any]:
     rng = random.Random(seed)
     memory = [s * MEMORY_PER_FILE_BYTE for s in sizes]
     capacity = max(1, int(budget // max(memory)))
@@ -127,7 +131,7 @@ def simulate(policy: str, costs: Costs, sizes: list[float], budget: float, rate:
         now += rng.expovariate(rate)
         model = rng.choices(range(MODELS), weights)[0]
         if policy == "serve":
-            index = _route_serve(rng, replicas, sorted(holders[model]), now)
+            index = _route_serve(rng, replicas, sorted(holders[model]), now, max_ongoing)
         else:
             index = rng.randrange(REPLICAS)
         replica = replicas[index]
@@ -190,18 +194,19 @@ def main() -> int:
         f"{costs.first_token[1] * 1e9:.3f} s/GB, per token {costs.per_token[0] * 1e3:.2f} ms + "
         f"{costs.per_token[1] * 1e12:.2f} ms/GB.",
         "",
-        "| budget per replica | routing | models per replica | hit rate | loads / min | p50 latency | p99 latency |",
+        "| budget per replica | models per replica | routing | hit rate | loads / min | p50 latency | p99 latency |",
         "|---|---|---|---|---|---|---|",
     ]
     largest = max(sizes) * MEMORY_PER_FILE_BYTE
     for slots in (2, 4, 8):
         budget = slots * largest
-        for policy in ("serve", "random"):
-            r = simulate(policy, costs, sizes, budget, rate, args.seed)
+        runs = [("random", 0), *(("serve", m) for m in MAX_ONGOING_CHOICES)]
+        for policy, max_ongoing in runs:
+            r = simulate(policy, costs, sizes, budget, rate, args.seed, max_ongoing)
+            routing = f"Serve multiplexed, max_ongoing_requests {max_ongoing}" if policy == "serve" else "random"
             lines.append(
-                f"| {budget / 1e9:.1f} GB | {'Serve multiplexed' if policy == 'serve' else 'random'} | "
-                f"{r['models_per_replica']} | {r['hit_rate']:.1%} | {r['loads_per_minute']:.0f} | "
-                f"{r['p50_s']:.2f} s | {r['p99_s']:.2f} s |"
+                f"| {budget / 1e9:.2f} GB | {r['models_per_replica']} | {routing} | {r['hit_rate']:.1%} | "
+                f"{r['loads_per_minute']:.0f} | {r['p50_s']:.2f} s | {r['p99_s']:.2f} s |"
             )
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"

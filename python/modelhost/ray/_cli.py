@@ -39,7 +39,7 @@ def add_ray_commands(commands: Any) -> None:
     serve.add_argument("--num-cpus", type=float, help="CPUs Ray reserves per replica (default: --threads)")
     serve.add_argument("--context-length", type=int, help="context length LLMs load with")
     serve.add_argument("--models-per-replica", type=int, help="Serve's model cache size (default: from --budget)")
-    serve.add_argument("--max-ongoing-requests", type=int, default=16, help="requests per replica at once")
+    serve.add_argument("--max-ongoing-requests", type=int, default=4, help="requests per replica at once")
     serve.add_argument("--api-token", help="require this bearer token (default: $LM_API_TOKEN, $LMSTUDIO_API_TOKEN)")
     serve.add_argument("--name", default=DEFAULT_APP_NAME, help=f"application name (default {DEFAULT_APP_NAME})")
     serve.add_argument("--address", help="Ray cluster (default: $RAY_ADDRESS, a running one, else a local one)")

@@ -48,7 +48,7 @@ class RayServeConfig:
     num_cpus: float | None = None
     context_length: int | None = None
     models_per_replica: int | None = None
-    max_ongoing_requests: int = 16
+    max_ongoing_requests: int = 4
     api_token: str | None = None
     name: str = DEFAULT_APP_NAME
 
