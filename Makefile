@@ -20,7 +20,16 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-.PHONY: models  ## fetch the two sample models (idempotent, checksummed)
+# llama-cpp-python, the reference the family checks compare against: PyPI has only its sdist, so the wheel is compiled
+# once per machine into ~/.cache/modelhost/wheels (about 10 minutes on 2 cores) and installed from there.
+$(VENV)/.peers: $(VENV)/.deps scripts/peer_wheels.py
+	$(PY) scripts/peer_wheels.py install $(PY)
+	touch $@
+
+.PHONY: peers  ## llama-cpp-python in the venv, from the wheel cache (built on first use)
+peers: $(VENV)/.peers
+
+.PHONY: models  ## fetch the sample models (idempotent, checksummed)
 models: $(VENV)/.deps
 	$(PY) scripts/fetch_models.py "$(MODELHOST_MODELS_DIR)"
 
@@ -34,8 +43,8 @@ build-prod: $(VENV)/.deps
 	$(VENV)/bin/maturin build --release -q -o $(WHEEL_DIR)
 	$(PY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/modelhost-*.whl
 
-.PHONY: install  ## venv, tools, release wheel and sample models
-install: build-prod models
+.PHONY: install  ## venv, tools, llama-cpp-python, release wheel and sample models
+install: build-prod peers models
 
 .PHONY: format  ## format Rust and Python
 format: $(VENV)/.deps

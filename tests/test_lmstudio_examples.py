@@ -26,7 +26,7 @@ import builtins
 import modelhost
 import modelhost.handles
 import pytest
-from helpers import EMB_KEY, LLM_KEY, placement_warnings_allowed
+from helpers import EMB_KEY, LLM_KEY, MAX_TOKENS, assert_ran, placement_warnings_allowed
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -423,8 +423,8 @@ def test_chat_customize_parameters(lms_env: None) -> None:
         "maxTokens": 50,
     })
 
-    assert result.stats.predicted_tokens_count is not None
-    assert prediction_stream.result().content is not None
+    assert_ran(result, MAX_TOKENS)
+    assert_ran(prediction_stream.result(), MAX_TOKENS)
 
 
 def test_chatbot(lms_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -467,7 +467,7 @@ def test_chat_progress_callbacks_convenience(lms_env: None, capsys: pytest.Captu
     )
 
     assert capsys.readouterr().out.startswith("0.0% complete\n100.0% complete\n")
-    assert response.content is not None
+    assert_ran(response, MAX_TOKENS)
 
 
 def test_chat_progress_callbacks_scoped(lms_env: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -482,7 +482,7 @@ def test_chat_progress_callbacks_scoped(lms_env: None, capsys: pytest.CaptureFix
         )
 
     assert "100.0% complete" in capsys.readouterr().out
-    assert response.content is not None
+    assert_ran(response, MAX_TOKENS)
 
 
 # --- Text Completions -------------------------------------------------------------------------------------------------
@@ -578,7 +578,8 @@ def test_completion_customize_parameters(lms_env: None) -> None:
         "maxTokens": 50,
     })
 
-    assert result.content is not None and prediction_stream.result().content is not None
+    assert_ran(result, MAX_TOKENS)
+    assert_ran(prediction_stream.result(), MAX_TOKENS)
 
 
 def test_completion_progress_callbacks(lms_env: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -601,7 +602,7 @@ def test_completion_progress_callbacks(lms_env: None, capsys: pytest.CaptureFixt
 
     out = capsys.readouterr().out
     assert "100.0% complete" in out and "100.0% processed" in out
-    assert completion.content is not None
+    assert_ran(completion, MAX_TOKENS)
 
 
 # --- Configuring the Model (parameters) ------------------------------------------------------------------------------

@@ -117,10 +117,26 @@ class Instance:
     def context_length(self) -> int: ...
     # LLM only (other kinds raise ValueError):
     def apply_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str: ...
-    def generate(self, prompt: str | Sequence[int], config: dict[str, Any]) -> Generation:
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        config: dict[str, Any],
+        on_prompt_progress: Callable[[float], object] | None = None,
+    ) -> Generation:
         """Start a prediction. `prompt` is raw text (tokenized with special tokens parsed) or token ids.
         `config` keys: max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop_strings, seed.
+        `on_prompt_progress` is called while the prompt is processed (by the first `__next__` or `result`): 0.0, the
+        share done after each evalBatchSize chunk, 1.0 last; an exception from it ends the prediction and propagates.
         The instance is busy (its FIFO queue holds) until the Generation ends, is cancelled or dropped."""
+    def generate_chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        config: dict[str, Any],
+        on_prompt_progress: Callable[[float], object] | None = None,
+    ) -> Generation:
+        """Start the assistant's reply to a chat: rendered with the model's template and tokenized as llama.cpp's
+        chat does (a BOS the template writes is not doubled by the tokenizer's). `config` and `on_prompt_progress`
+        as for `generate`."""
     def evaluate(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Logits at every position, shape (len(tokens), vocab), from an empty cache."""
     # Embedding only:

@@ -15,6 +15,8 @@ Choices worth knowing:
   cancellations (e.g. the client was closed while loading).
 * :class:`NotSupportedError` is an :class:`InvalidConfigError`: an LM Studio option that modelhost recognises but
   does not implement yet, given at a non-default value.
+* :class:`InvalidInputError` is a ``ValueError`` about a request's input (a token id outside the vocabulary), not
+  about a config. A resource the operating system refuses (a thread that cannot start) is the builtin ``OSError``.
 * The remote client (``Client("host:port")``) re-raises the class a server names, so the classes above behave the
   same over HTTP. Three exist only there: :class:`ServerConnectionError` (a ``ConnectionError``: no server
   answers, or the connection broke), :class:`AuthenticationError` (a ``PermissionError``: the API token is missing
@@ -30,6 +32,7 @@ __all__ = [
     "InstanceExistsError",
     "InsufficientMemoryError",
     "InvalidConfigError",
+    "InvalidInputError",
     "LoadCancelledError",
     "ModelHostError",
     "ModelKindError",
@@ -77,6 +80,10 @@ class ModelLoadError(ModelHostError, ValueError):
 
 class InvalidConfigError(ModelHostError, ValueError):
     """A bad load or prediction config key or value, or a bad argument."""
+
+
+class InvalidInputError(ModelHostError, ValueError):
+    """A request's input the model cannot take: a token id outside the vocabulary, an empty prompt."""
 
 
 class NotSupportedError(InvalidConfigError):

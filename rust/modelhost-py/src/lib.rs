@@ -22,6 +22,21 @@ use pyo3::types::{PyDict, PyList};
 use crate::convert::{from_py, to_py};
 use crate::error::{PyModelHostResult, WrapErr};
 
+/// `[{"role", "content"}, ...]` as core chat messages.
+fn chat_messages(messages: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
+    let mut msgs = Vec::new();
+    for m in messages.try_iter()? {
+        let m = m?;
+        let field = |name: &str| -> PyResult<String> {
+            m.get_item(name)
+                .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
+                .extract::<String>()
+        };
+        msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
+    }
+    Ok(msgs)
+}
+
 fn kind(s: &str) -> PyModelHostResult<ModelKind> {
     Ok(ModelKind::parse(s)?)
 }
@@ -57,26 +72,31 @@ fn ttl(seconds: Option<f64>) -> PyModelHostResult<Option<Duration>> {
     }
 }
 
-/// Run a load with a progress callback that attaches, checks for Ctrl-C, then calls the user's function.
-/// A Python exception comes back boxed and is re-raised unchanged.
+/// A progress callback for the core: attaches, checks for Ctrl-C, then calls the user's function (if any). A Python
+/// exception goes back boxed, to be re-raised unchanged.
+fn progress_callback(callback: Option<&Py<PyAny>>) -> impl FnMut(f32) -> Result<(), BoxError> + '_ {
+    move |fraction: f32| -> Result<(), BoxError> {
+        // `try_attach` is None while the interpreter shuts down: then just go on.
+        Python::try_attach(|py| -> PyResult<()> {
+            py.check_signals()?;
+            if let Some(cb) = callback {
+                cb.call1(py, (fraction,))?;
+            }
+            Ok(())
+        })
+        .unwrap_or(Ok(()))
+        .map_err(|e| Box::new(e) as BoxError)
+    }
+}
+
+/// Run a load with a progress callback (`progress_callback`).
 fn with_progress<T: Send>(
     py: Python<'_>,
     callback: Option<Py<PyAny>>,
     run: impl FnOnce(Progress<'_>) -> modelhost_core::Result<T> + Send,
 ) -> PyResult<T> {
     py.detach(move || {
-        let mut cb = move |fraction: f32| -> Result<(), BoxError> {
-            // `try_attach` is None while the interpreter shuts down: then just go on loading.
-            Python::try_attach(|py| -> PyResult<()> {
-                py.check_signals()?;
-                if let Some(cb) = &callback {
-                    cb.call1(py, (fraction,))?;
-                }
-                Ok(())
-            })
-            .unwrap_or(Ok(()))
-            .map_err(|e| Box::new(e) as BoxError)
-        };
+        let mut cb = progress_callback(callback.as_ref());
         run(Progress::new(Some(&mut cb)))
     })
     .wrap()
@@ -289,27 +309,34 @@ impl PyInstance {
         messages: &Bound<'_, PyAny>,
         add_generation_prompt: bool,
     ) -> PyResult<String> {
-        let mut msgs = Vec::new();
-        for m in messages.try_iter()? {
-            let m = m?;
-            let field = |name: &str| -> PyResult<String> {
-                m.get_item(name)
-                    .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
-                    .extract::<String>()
-            };
-            msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
-        }
+        let msgs = chat_messages(messages)?;
         py.detach(|| self.handle.apply_template(&msgs, add_generation_prompt)).wrap()
     }
 
-    fn generate(&self, py: Python<'_>, prompt: &Bound<'_, PyAny>, config: &Bound<'_, PyAny>) -> PyResult<PyGeneration> {
+    #[pyo3(signature = (messages, config, on_prompt_progress=None))]
+    fn generate_chat(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
+        self.start(py, Prompt::Chat(chat_messages(messages)?), config, on_prompt_progress)
+    }
+
+    #[pyo3(signature = (prompt, config, on_prompt_progress=None))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
         let prompt = match prompt.extract::<String>() {
             Ok(text) => Prompt::Text(text),
             Err(_) => Prompt::Tokens(prompt.extract::<Vec<u32>>()?),
         };
-        let config = from_py(config)?;
-        let generation = py.detach(|| self.handle.generate(prompt, &config)).wrap()?;
-        Ok(PyGeneration { cancel: generation.cancel_flag(), generation: Mutex::new(generation) })
+        self.start(py, prompt, config, on_prompt_progress)
     }
 
     fn evaluate<'py>(&self, py: Python<'py>, tokens: Vec<u32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
@@ -334,11 +361,27 @@ impl PyInstance {
     }
 }
 
+impl PyInstance {
+    fn start(
+        &self,
+        py: Python<'_>,
+        prompt: Prompt,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
+        let config = from_py(config)?;
+        let generation = py.detach(|| self.handle.generate(prompt, &config)).wrap()?;
+        Ok(PyGeneration { cancel: generation.cancel_flag(), generation: Mutex::new(generation), on_prompt_progress })
+    }
+}
+
 /// A running prediction; iterating yields fragments.
 #[pyclass(name = "Generation", module = "modelhost._core", frozen)]
 struct PyGeneration {
     generation: Mutex<Generation>,
     cancel: Arc<AtomicBool>,
+    /// Called by the core while it processes the prompt (LM Studio's `on_prompt_processing_progress`).
+    on_prompt_progress: Option<Py<PyAny>>,
 }
 
 fn fragment_dict(py: Python<'_>, content: &str, tokens: &[u32]) -> PyResult<Py<PyAny>> {
@@ -355,7 +398,13 @@ impl PyGeneration {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let next = py.detach(|| self.generation.lock().unwrap_or_else(|e| e.into_inner()).next_fragment()).wrap()?;
+        let next = py
+            .detach(|| {
+                let mut on_progress = progress_callback(self.on_prompt_progress.as_ref());
+                let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+                generation.next_fragment_with_progress(Some(&mut on_progress))
+            })
+            .wrap()?;
         match next {
             Some(f) => fragment_dict(py, &f.content, &f.tokens),
             None => Err(PyStopIteration::new_err(())),
@@ -369,8 +418,9 @@ impl PyGeneration {
     fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let (content, tokens, stats) = py
             .detach(|| -> modelhost_core::Result<_> {
+                let mut on_progress = progress_callback(self.on_prompt_progress.as_ref());
                 let mut g = self.generation.lock().unwrap_or_else(|e| e.into_inner());
-                g.finish()?;
+                g.finish(Some(&mut on_progress))?;
                 Ok((g.content().to_string(), g.tokens().to_vec(), g.stats()))
             })
             .wrap()?;

@@ -127,6 +127,7 @@ impl From<Error> for ApiError {
             Error::ModelLoad { .. } => (S::UNPROCESSABLE_ENTITY, "ModelLoadError", "model_load_error"),
             Error::InvalidConfig(_) => (S::BAD_REQUEST, "InvalidConfigError", "invalid_config"),
             Error::NotSupported(_) => (S::BAD_REQUEST, "NotSupportedError", "not_supported"),
+            Error::InvalidInput(_) => (S::BAD_REQUEST, "InvalidInputError", "invalid_input"),
             Error::ContextLengthExceeded { .. } => {
                 (S::BAD_REQUEST, "ContextLengthExceededError", "context_length_exceeded")
             }
@@ -135,6 +136,7 @@ impl From<Error> for ApiError {
             }
             Error::Cancelled(_) => (client_closed_request(), "LoadCancelledError", "load_cancelled"),
             Error::Io { .. } => (S::INTERNAL_SERVER_ERROR, "OSError", "io_error"),
+            Error::System { .. } => (S::INTERNAL_SERVER_ERROR, "OSError", "system_error"),
             Error::Candle(_) => (S::INTERNAL_SERVER_ERROR, "ModelHostError", "inference_failed"),
         };
         ApiError::new(status, class, code, message)

@@ -221,7 +221,8 @@ pub(crate) fn start_generation(
 fn prepare(handle: &InstanceHandle, input: PromptInput, config: &Value) -> Result<Vec<u32>, Error> {
     prediction_from_json(config, None)?;
     let ids = match input {
-        PromptInput::Chat(messages) => handle.tokenize(&handle.apply_template(&messages, true)?)?,
+        // A BOS the template writes is not doubled by the tokenizer's, as in llama.cpp's server.
+        PromptInput::Chat(messages) => handle.chat_prompt_ids(&messages)?,
         PromptInput::Text(text) => handle.tokenize(&text)?,
         PromptInput::Tokens(ids) => ids,
     };

@@ -130,7 +130,7 @@ fn chat_and_completion_greedy_equal_in_process() {
         ];
         let prompt = local.apply_template(&messages, true).unwrap();
         let mut g = local.generate(Prompt::Text(prompt), &json!({"temperature": 0, "max_tokens": 24})).unwrap();
-        g.finish().unwrap();
+        g.finish(None).unwrap();
         assert_eq!(http_text, g.content(), "greedy chat over HTTP differs from in-process");
         assert!(http_text.contains("Paris"), "{http_text}");
         let usage = &body["usage"];
@@ -157,7 +157,7 @@ fn chat_and_completion_greedy_equal_in_process() {
                 &json!({"temperature": 0, "max_tokens": 12, "stop_strings": ["\n"]}),
             )
             .unwrap();
-        g.finish().unwrap();
+        g.finish(None).unwrap();
         assert_eq!(body["choices"][0]["text"].as_str().unwrap(), g.content());
         let stats = &body["stats"];
         assert_eq!(stats["stop_reason"].as_str().unwrap(), g.stats().stop_reason.as_str());

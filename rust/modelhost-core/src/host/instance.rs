@@ -16,6 +16,7 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::models::bert::EmbeddingModel;
 use crate::models::{Fragment, GenerationState, LlmModel, LlmSession, PredictionStats};
+use crate::storage::ProgressFn;
 use crate::text::ChatMessage;
 
 /// Who loaded an instance: a client's `close()` unloads only what it loaded itself (SPEC §4).
@@ -104,11 +105,6 @@ impl Instance {
     pub(super) fn mark_unloaded(&self, reason: &str) {
         let mut a = lock(&self.activity);
         a.unloaded.get_or_insert_with(|| reason.to_string());
-    }
-
-    /// No request in flight.
-    pub(super) fn is_idle(&self) -> bool {
-        lock(&self.activity).in_flight == 0
     }
 }
 
@@ -245,7 +241,7 @@ impl InstanceHandle {
         let removed = {
             let mut st = lock(&host.table);
             let pos = st.instances.iter().position(|x| Arc::ptr_eq(x, &i));
-            let removed = pos.map(|p| st.instances.remove(p));
+            let removed = pos.map(|p| st.remove(p));
             host.notify(&mut st);
             removed
         };
@@ -287,6 +283,15 @@ impl InstanceHandle {
         }
     }
 
+    /// The token ids of a chat for the assistant's reply, as llama.cpp's chat builds them (LLMs): the template's
+    /// rendering tokenized without doubling a BOS the template writes (`LlmModel::chat_prompt_ids`).
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        match &self.live()?.engine {
+            LoadedModel::Llm { model, .. } => model.chat_prompt_ids(messages),
+            LoadedModel::Embedding { .. } => Err(self.not_for_kind("respond")),
+        }
+    }
+
     /// Start a prediction on `prompt` (text with special tokens parsed, or ids). It holds the
     /// instance's queue until it ends or is dropped.
     pub fn generate(&self, prompt: Prompt, config: &Value) -> Result<Generation> {
@@ -298,10 +303,10 @@ impl InstanceHandle {
         let ids = match prompt {
             Prompt::Text(t) => model.tokenizer.encode(&t, true)?,
             Prompt::Tokens(ids) => ids,
+            Prompt::Chat(messages) => model.chat_prompt_ids(&messages)?,
         };
         let state = model.start(ids, config)?;
-        let model = model.clone();
-        Ok(Generation { request: Some(request), model, state, cancelled: Arc::new(AtomicBool::new(false)) })
+        Ok(Generation { request: Some(request), state, cancelled: Arc::new(AtomicBool::new(false)) })
     }
 
     /// Logits at every position of `tokens`, `(tokens.len(), vocab)` row-major, and the vocab size.
@@ -330,14 +335,16 @@ pub enum Prompt {
     Text(String),
     /// Token ids.
     Tokens(Vec<u32>),
+    /// A chat, for the assistant's reply: rendered with the model's template and tokenized as llama.cpp's chat
+    /// does (`LlmModel::chat_prompt_ids`).
+    Chat(Vec<ChatMessage>),
 }
 
 /// A running prediction: yields fragments; holds the instance's queue until it ends or is dropped.
 pub struct Generation {
-    /// The request, released as soon as the prediction ends so later requests need not wait for the
-    /// caller to drop a finished stream.
+    /// The request, released as soon as the prediction ends so later requests need not wait for the caller to drop
+    /// a finished stream, and nothing of the instance (its model included) outlives it.
     request: Option<Request>,
-    model: Arc<LlmModel>,
     state: GenerationState,
     cancelled: Arc<AtomicBool>,
 }
@@ -350,14 +357,24 @@ impl Generation {
 
     /// The next fragment, or `None` at the end.
     pub fn next_fragment(&mut self) -> Result<Option<Fragment>> {
+        self.next_fragment_with_progress(None)
+    }
+
+    /// The next fragment, or `None` at the end. While the prompt is processed (in the first call),
+    /// `on_prompt_progress` gets 0.0, the share done after each `evalBatchSize` chunk, and 1.0 last; an error from it
+    /// ends the prediction with `Error::Cancelled` carrying that error.
+    pub fn next_fragment_with_progress(
+        &mut self,
+        on_prompt_progress: Option<&mut ProgressFn<'_>>,
+    ) -> Result<Option<Fragment>> {
         if self.cancelled.load(Ordering::Relaxed) {
             self.state.cancel();
         }
         let Some(request) = &self.request else { return Ok(None) };
-        let LoadedModel::Llm { session, .. } = &request.instance.engine else { return Ok(None) };
+        let LoadedModel::Llm { model, session } = &request.instance.engine else { return Ok(None) };
         let next = {
             let mut session = lock(session);
-            self.model.next_fragment(&mut session, &mut self.state)
+            model.next_fragment(&mut session, &mut self.state, on_prompt_progress)
         };
         if !matches!(next, Ok(Some(_))) {
             // Ended (or failed): free the instance for the next request now.
@@ -367,9 +384,9 @@ impl Generation {
         next
     }
 
-    /// Run to the end.
-    pub fn finish(&mut self) -> Result<()> {
-        while self.next_fragment()?.is_some() {}
+    /// Run to the end (reporting prompt progress as `next_fragment_with_progress`, if the prompt is still to do).
+    pub fn finish(&mut self, mut on_prompt_progress: Option<&mut ProgressFn<'_>>) -> Result<()> {
+        while self.next_fragment_with_progress(on_prompt_progress.as_deref_mut())?.is_some() {}
         Ok(())
     }
 

@@ -83,7 +83,7 @@ impl TableOwner {
         let handle = std::thread::Builder::new()
             .name("modelhost-ttl".into())
             .spawn(move || ttl_loop(weak))
-            .map_err(|e| Error::InvalidConfig(format!("cannot start the TTL thread: {e}")))?;
+            .map_err(|source| Error::System { what: "cannot start the TTL thread".into(), source })?;
         Ok(Arc::new(TableOwner { shared, ttl_thread: Mutex::new(Some(handle)) }))
     }
 
@@ -106,7 +106,7 @@ impl TableOwner {
             let mut st = lock(&self.shared.table);
             st.closed = true;
             self.shared.notify(&mut st);
-            std::mem::take(&mut st.instances)
+            st.remove_all()
         };
         for v in &victims {
             v.mark_unloaded("the client was closed");
@@ -306,7 +306,9 @@ impl Host {
         identifier: Option<&str>,
         req: &mut LoadRequest<'_>,
     ) -> Result<InstanceHandle> {
-        let plan = plan_load(entry, &req.config).map_err(|e| e.with_path(&entry.path))?;
+        // Not `with_path`: what the plan refuses is either the file's (already a ModelLoad error naming it) or the
+        // config's (InvalidConfig, NotSupported), as `estimate` reports it.
+        let plan = plan_load(entry, &req.config)?;
         let stamp =
             std::fs::metadata(&entry.weights_path).map_err(|e| Error::load(&entry.weights_path, e.to_string()))?;
         let weights_key: WeightsKey = (
@@ -503,7 +505,7 @@ impl Host {
                     suggestions: loaded.take(5).collect(),
                 });
             }
-            let victims = chosen.into_iter().rev().map(|n| st.instances.remove(n)).collect();
+            let victims = chosen.into_iter().rev().map(|n| st.remove(n)).collect();
             self.shared.notify(&mut st);
             victims
         };
@@ -518,12 +520,12 @@ impl Host {
     pub fn unload_client_instances(&self, client_id: &str) -> Vec<String> {
         let victims: Vec<Arc<Instance>> = {
             let mut st = lock(&self.shared.table);
-            let (mine, others) = std::mem::take(&mut st.instances)
-                .into_iter()
-                .partition(|i| !i.no_hup && i.loaded_by.client_id() == Some(client_id));
-            st.instances = others;
+            let mine: Vec<usize> = (0..st.instances.len())
+                .filter(|&n| !st.instances[n].no_hup && st.instances[n].loaded_by.client_id() == Some(client_id))
+                .collect();
+            let victims = mine.into_iter().rev().map(|n| st.remove(n)).collect();
             self.shared.notify(&mut st);
-            mine
+            victims
         };
         for v in &victims {
             v.mark_unloaded("the client that loaded it was closed");

@@ -33,9 +33,9 @@ pub use pool::on_pool;
 pub const BLOCK: usize = 32;
 /// Activation rows multiplied per weight-block load (register blocking).
 const ROW_TILE: usize = 4;
-/// Weight rows per rayon task. Rayon, not candle's spinning barrier pool: the barrier pool decodes
-/// ~5% faster on an idle machine but collapses (90 → 4 tok/s) when another process takes a core,
-/// because its workers spin at the barrier while the thread holding the work is descheduled.
+/// Weight rows per rayon task. Rayon, not candle's spinning barrier pool: a barrier pool collapses when
+/// another process takes a core, because its workers spin at the barrier while the thread holding the work
+/// is descheduled; rayon's loops are work-stealing (`benches/results/profile.md` has the measurements).
 const ROWS_PER_TASK: usize = 32;
 
 /// Weight block formats this module runs.
