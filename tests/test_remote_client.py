@@ -13,10 +13,13 @@ import httpx
 import modelhost as lms
 import numpy as np
 import pytest
-from helpers import EMB_ALIAS, EMB_KEY, LLM_ALIAS, LLM_KEY, ServerProcess, wait_until
+from gguf_writer import BOOL, KV, STRING
+from helpers import EMB_ALIAS, EMB_KEY, GEMMA_KEY, LLM_ALIAS, LLM_KEY, ServerProcess, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from modelhost import _remote
+from test_hostile_files import tiny_llama
+from test_templates_jinja2 import GEMMA3_TEMPLATE
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -147,7 +150,10 @@ def test_inference_equals_in_process(remote: lms.Client, llm: lms.LLM, emb: lms.
     got, expected = there.respond(lms.Chat.from_history({"messages": MESSAGES}), GREEDY), llm.respond(MESSAGES, GREEDY)
     assert got.tokens == expected.tokens and "Paris" in got.content
     assert got.model_info.identifier == LLM_KEY and got.load_config.context_length == 4096
+    # The same chat again reuses the cached prompt but its last token (as in-process): one token's pass and the
+    # prompt's batch round differently, which can flip a near tie, so the reference takes the same path.
     fragments = list(there.respond_stream(MESSAGES, GREEDY))
+    expected = llm.respond_stream(MESSAGES, GREEDY).result()
     assert "".join(f.content for f in fragments) == expected.content
     assert [t for f in fragments for t in f.tokens] == expected.tokens
     # Arrays: float32, exactly the in-process values.
@@ -159,6 +165,80 @@ def test_inference_equals_in_process(remote: lms.Client, llm: lms.LLM, emb: lms.
     texts = ["a sentence", "another, longer sentence", ""]
     np.testing.assert_array_equal(remote_emb.embed(texts), emb.embed(texts))
     assert remote_emb.embed("one").shape == (384,) and remote_emb.embed([]).shape == (0, 384)
+
+
+def test_the_third_llm_responds_as_in_process(remote: lms.Client, module_client: lms.Client) -> None:
+    """Gemma 3 (another architecture and chat template): the same prompt tokens and greedy reply over HTTP."""
+    here = module_client.llm.model(GEMMA_KEY, ttl=None)
+    there = remote.llm.model(GEMMA_KEY)
+    try:
+        greedy = {"temperature": 0, "maxTokens": 8}
+        got, expected = there.respond(MESSAGES[1:], greedy), here.respond(MESSAGES[1:], greedy)
+        assert got.stats.prompt_tokens_count == expected.stats.prompt_tokens_count
+        assert (got.tokens, got.content) == (expected.tokens, expected.content)
+        assert got.model_info.architecture == expected.model_info.architecture == "gemma3"
+    finally:
+        here.unload()
+
+
+def test_a_bos_the_template_writes_is_not_doubled_over_http(tmp_path: Path, module_client: lms.Client) -> None:
+    """A chat goes to the server as a chat (``/instance/respond``), not as rendered text: with Gemma 3's template,
+    which writes the BOS itself, the prompt holds one BOS, as in-process."""
+    g = tiny_llama()
+    g.kvs = [kv for kv in g.kvs if kv.key not in ("tokenizer.chat_template", "tokenizer.ggml.add_bos_token")]
+    g.kvs += [KV("tokenizer.chat_template", STRING, GEMMA3_TEMPLATE), KV("tokenizer.ggml.add_bos_token", BOOL, True)]
+    models = tmp_path / "models"
+    g.write(models / "test" / "gemma-template" / "tiny.gguf")
+    here = module_client.llm.load_new_instance(str(models / "test" / "gemma-template" / "tiny.gguf"), "bos-here")
+    server = ServerProcess(models, tmp_path)
+    try:
+        with lms.Client(server.address) as client:
+            there = client.llm.model("test/gemma-template")
+            rendered = there.apply_prompt_template(MESSAGES[1:])
+            assert there.tokenize(rendered)[:2] == [1, 1]  # as text: the template's BOS and the tokenizer's
+            greedy = {"temperature": 0, "maxTokens": 4}
+            got, expected = there.respond(MESSAGES[1:], greedy), here.respond(MESSAGES[1:], greedy)
+            assert got.stats.prompt_tokens_count == len(there.tokenize(rendered)) - 1
+            assert (got.stats.prompt_tokens_count, got.tokens) == (expected.stats.prompt_tokens_count, expected.tokens)
+    finally:
+        here.unload()
+        assert server.stop() == 0
+
+
+def test_prompt_progress_over_http_as_in_process(remote: lms.Client, module_client: lms.Client) -> None:
+    """The server forwards the core's prompt progress (0.0, each ``evalBatchSize`` chunk, 1.0) before the first
+    token; a callback that raises stops the prediction, and its exception comes back unchanged."""
+    config = {"contextLength": 512, "evalBatchSize": 4}
+    here = module_client.llm.load_new_instance(LLM_KEY, "progress-here", config=config)
+    there = remote.llm.load_new_instance(LLM_KEY, "progress-there", config=config)
+    try:
+        prompt = "one two three four five six seven eight nine ten eleven twelve"
+        seen: dict[str, list[float]] = {"here": [], "there": []}
+        at_first_token: list[int] = []
+        for name, llm in (("here", here), ("there", there)):
+            llm.complete(
+                prompt,
+                {"maxTokens": 2, "temperature": 0},
+                on_prompt_processing_progress=seen[name].append,
+                on_first_token=lambda name=name: at_first_token.append(len(seen[name])),
+            )
+        assert len(seen["there"]) >= 4 and seen["there"] == seen["here"]
+        assert at_first_token == [len(seen["here"]), len(seen["there"])]
+        chat_seen: list[float] = []
+        there.respond("Hi", {"maxTokens": 1}, on_prompt_processing_progress=chat_seen.append)
+        assert chat_seen[0] == 0.0 and chat_seen[-1] == 1.0
+
+        def refuse(progress: float) -> None:
+            if progress > 0:
+                raise Boom("enough")
+
+        with pytest.raises(Boom, match="enough"):
+            there.complete(prompt, {"maxTokens": 4}, on_prompt_processing_progress=refuse)
+        assert there.complete("Hi", {"maxTokens": 1, "temperature": 0}).stats.predicted_tokens_count == 1
+        wait_until(lambda: there.get_info().in_flight == 0, timeout=30)
+    finally:
+        here.unload()
+        there.unload()
 
 
 def test_float32_arrays_round_trip_bit_for_bit() -> None:

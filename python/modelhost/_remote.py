@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -493,16 +493,41 @@ class RemoteInstance:
         )
         return str(answer["prompt"])
 
-    def generate(self, prompt: str | Sequence[int], config: dict[str, Any]) -> RemoteGeneration:
-        """Start a streamed prediction from raw text or token ids."""
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        config: dict[str, Any],
+        on_prompt_progress: Callable[[float], object] | None = None,
+    ) -> RemoteGeneration:
+        """Start a streamed prediction from raw text or token ids; prompt progress as `_core.Instance.generate`."""
+        prompt_field = prompt if isinstance(prompt, str) else list(prompt)
+        return self._predict("/instance/complete", {"prompt": prompt_field}, config, on_prompt_progress)
+
+    def generate_chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        config: dict[str, Any],
+        on_prompt_progress: Callable[[float], object] | None = None,
+    ) -> RemoteGeneration:
+        """Start the assistant's reply to a chat: the server renders and tokenizes it as in-process
+        `generate_chat` does (a BOS the template writes is not doubled)."""
+        return self._predict("/instance/respond", {"messages": list(messages)}, config, on_prompt_progress)
+
+    def _predict(
+        self,
+        path: str,
+        prompt: Mapping[str, Any],
+        config: dict[str, Any],
+        on_prompt_progress: Callable[[float], object] | None,
+    ) -> RemoteGeneration:
         body = {
             "identifier": self.identifier,
             "instance_reference": self.instance_reference,
-            "prompt": prompt if isinstance(prompt, str) else list(prompt),
+            **prompt,
             "config": {_PREDICTION_KEYS[k]: v for k, v in config.items()},
             "stream": True,
         }
-        return RemoteGeneration(self._host, body)
+        return RemoteGeneration(self._host, path, body, on_prompt_progress)
 
     def evaluate(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Logits at every position, shape (len(tokens), vocab)."""
@@ -517,10 +542,17 @@ class RemoteGeneration:
     """A prediction streaming from the server. Iterating yields fragments ``{"content", "tokens"}``; closing the
     connection (``close()``, or dropping it) cancels it on the server."""
 
-    def __init__(self, host: RemoteHost, body: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        host: RemoteHost,
+        path: str,
+        body: Mapping[str, Any],
+        on_prompt_progress: Callable[[float], object] | None = None,
+    ) -> None:
         """Start it; errors found before it streams (a prompt past the context, say) are raised here."""
         self._host = host
-        self._response = host.open_events("/instance/complete", body)
+        self._on_prompt_progress = on_prompt_progress
+        self._response = host.open_events(path, body)
         self._events = host.iter_events(self._response)
         self._lock = threading.Lock()
         self._result: dict[str, Any] | None = None
@@ -552,6 +584,10 @@ class RemoteGeneration:
                 if event == "prediction.fragment":
                     fragment: dict[str, Any] = data
                     return fragment
+                if event == "prediction.prompt_progress":
+                    # Raising here closes the connection below, which stops the prediction on the server.
+                    if self._on_prompt_progress is not None:
+                        self._on_prompt_progress(float(data["progress"]))
                 if event == "prediction.result":
                     self._result = data
                     self.close()
