@@ -53,8 +53,11 @@ APP = "modelhost-test"
 CONTEXT_LENGTH = 1024
 MAX_TOKENS = 12
 SYSTEM = "You are a concise assistant."
+# Not "What is the capital of France?": its first reply token is a near tie for SmolLM2 Q4_1 ("The" vs "Le"), and a
+# replica that gets the same prompt twice re-evaluates only its last token, whose one-row pass rounds differently
+# from the prompt's batch, so the reply would depend on which replica served the prompt before.
 PROMPTS = [
-    "What is the capital of France?",
+    "What is the capital of Italy?",
     "Name three primary colors.",
     "Write a haiku about the sea.",
     "What is 2 + 2?",
