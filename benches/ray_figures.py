@@ -88,7 +88,7 @@ def main() -> int:
         f"{len(PROMPT)} characters, {GENERATED} tokens",
         "threads": os.environ.get("RAYON_NUM_THREADS", "all cores"),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "modelhost": modelhost.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "models": rows,
@@ -97,7 +97,8 @@ def main() -> int:
     return 0
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:

@@ -17,9 +17,9 @@ Assumptions (stated in the output too):
 - Requests arrive as a Poisson stream; each names a model drawn from a Zipf law (exponent 1.1) over the 50 models,
   and asks for 64 generated tokens. The rate is set so that with every request a hit the replicas are 60 % busy.
 - Serve (pow-2 with multiplexing): among replicas that hold or are loading the model, the shorter of two random
-  ones if it has fewer than ``max_ongoing_requests`` (16 and 4 are compared); else, or when none holds it, the shorter of two random
-  replicas among those with the fewest models; the model-id push to the router is taken as instantaneous (Serve's
-  is every 0.1 s). Random: a uniformly random replica.
+  ones if it has fewer than ``max_ongoing_requests`` (16 and 4 are compared); else, or when none holds it, the
+  shorter of two random replicas among those with the fewest models; the model-id push to the router is taken as
+  instantaneous (Serve's is every 0.1 s). Random: a uniformly random replica.
 - Latency = completion - arrival (queueing, any load, first token, decode). The first simulated minute is warm-up
   and not counted.
 """
@@ -101,9 +101,7 @@ def _pick_shorter(rng: random.Random, replicas: list[Replica], ids: list[int], n
     return a if replicas[a].ongoing(now) <= replicas[b].ongoing(now) else b
 
 
-def _route_serve(
-    rng: random.Random, replicas: list[Replica], holders: list[int], now: float, max_ongoing: int
-) -> int:
+def _route_serve(rng: random.Random, replicas: list[Replica], holders: list[int], now: float, max_ongoing: int) -> int:
     if holders:
         chosen = _pick_shorter(rng, replicas, holders, now)
         if replicas[chosen].ongoing(now) < max_ongoing:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import socket
 import statistics
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from ray_figures import cpu_model
 from requantized import REQUANT_FILE, REQUANT_KEY, fixtures_dir, link_or_copy, requantized_smollm2
 
 LLM_KEY = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
@@ -89,6 +89,7 @@ def main() -> int:
         import ray
         from ray import serve
 
+    load_before = os.getloadavg()
     directory = models_dir()
     work = requests(args.requests, seed=1)
     with socket.socket() as s:
@@ -120,15 +121,18 @@ def main() -> int:
         }
         for k, v in samples.items()
     }
-    ratio = summary["2"]["requests_per_s"]["median"] / summary["1"]["requests_per_s"]["median"]
+    # Each round's 2-replica run against the 1-replica run just before it, so load from elsewhere cancels out.
+    ratios = [two["requests_per_s"] / one["requests_per_s"] for one, two in zip(samples[1], samples[2])]
     result = {
         "what": f"{len(work)} requests ({TOKENS}-token greedy chats on two SmolLM2 files, MiniLM embeddings), "
         f"{args.concurrency} at a time, 1 thread per replica, interleaved rounds",
-        "cpu_model": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d"),
         "replicas": summary,
-        "two_over_one": ratio,
+        "two_over_one": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "all": ratios},
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))

@@ -86,6 +86,21 @@ def _free_port(host: str) -> int:
         return port
 
 
+def _listening(host: str, port: int) -> tuple[str, int]:
+    """Where Serve's proxies listen: a Serve instance already running on the cluster keeps its own HTTP options
+    (``serve.start`` only logs that it ignores ours), so ask its controller."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        client = _get_global_client()
+    except RayServeException:
+        client = None
+    if client is None:
+        return host, port
+    return str(client.http_config.host), int(client.http_config.port)
+
+
 def _terminate(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -123,7 +138,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": port})
         serve.run(app(config=config), name=config.name, route_prefix="/")
-        print(f"modelhost on Ray Serve serving on http://{args.host}:{port}", flush=True)
+        host, port = _listening(args.host, port)
+        print(f"modelhost on Ray Serve serving on http://{host}:{port}", flush=True)
         if args.detach:
             return 0
         signal.signal(signal.SIGTERM, _terminate)
