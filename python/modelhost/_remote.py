@@ -584,10 +584,9 @@ class RemoteGeneration:
                 if event == "prediction.fragment":
                     fragment: dict[str, Any] = data
                     return fragment
-                if event == "prediction.prompt_progress":
-                    # Raising here closes the connection below, which stops the prediction on the server.
-                    if self._on_prompt_progress is not None:
-                        self._on_prompt_progress(float(data["progress"]))
+                # A raising callback closes the connection below, which stops the prediction on the server.
+                if event == "prediction.prompt_progress" and self._on_prompt_progress is not None:
+                    self._on_prompt_progress(float(data["progress"]))
                 if event == "prediction.result":
                     self._result = data
                     self.close()
