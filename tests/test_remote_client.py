@@ -131,6 +131,8 @@ def test_same_exception_classes(remote: lms.Client) -> None:
     llm = remote.llm.model(LLM_KEY, config={"contextLength": 64})
     with pytest.raises(lms.ContextLengthExceededError):
         llm.complete("word " * 100)
+    with pytest.raises(lms.InvalidInputError, match="49152"):
+        llm.evaluate([1, 49152])  # a token id outside the vocabulary: the input, not a config
     assert remote.list_loaded_models() == [llm]
 
 
@@ -253,7 +255,7 @@ def test_float32_arrays_round_trip_bit_for_bit() -> None:
 
 def test_a_stream_cancels_and_a_dropped_stream_frees_the_instance(remote: lms.Client) -> None:
     llm = remote.llm.model(LLM_KEY)
-    stream = llm.complete_stream("Count to a thousand: 1, 2, 3,", {"maxTokens": 2000})
+    stream = llm.complete_stream("Count to a thousand: 1, 2, 3,", {"maxTokens": 2000, "temperature": 0})
     first = next(iter(stream))
     assert first.tokens
     stream.cancel()
@@ -261,11 +263,11 @@ def test_a_stream_cancels_and_a_dropped_stream_frees_the_instance(remote: lms.Cl
     assert result.stats.stop_reason == "userStopped"
     assert result.stats.predicted_tokens_count is not None and result.stats.predicted_tokens_count < 2000
     # A stream cancelled before it is read ends at once, as in-process.
-    stream = llm.complete_stream("Count to a thousand: 1, 2, 3,", {"maxTokens": 2000})
+    stream = llm.complete_stream("Count to a thousand: 1, 2, 3,", {"maxTokens": 2000, "temperature": 0})
     stream.cancel()
     assert stream.result().stats.stop_reason == "userStopped"
     # Closing a stream midway (the connection drops) stops it on the server: the next request runs.
-    with llm.complete_stream("Count to a thousand: 1, 2, 3,", {"maxTokens": 2000}) as stream:
+    with llm.complete_stream("Count to a thousand: 1, 2, 3,", {"maxTokens": 2000, "temperature": 0}) as stream:
         next(iter(stream))
     assert llm.complete("Hi", {"maxTokens": 2}).content is not None
     assert llm.get_info().in_flight == 0
@@ -343,7 +345,7 @@ def test_async_client_over_http(server: ServerProcess, llm: lms.LLM) -> None:
             pieces = [f.content async for f in model.complete_stream("The capital of France is", GREEDY)]
             assert "".join(pieces) == expected.content
             # Cancelling the task that reads a stream cancels the prediction on the server.
-            stream = await model.complete_stream("Count to a thousand: 1, 2,", {"maxTokens": 2000})
+            stream = await model.complete_stream("Count to a thousand: 1, 2,", {"maxTokens": 2000, "temperature": 0})
 
             async def read() -> None:
                 async for _ in stream:
