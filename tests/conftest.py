@@ -8,8 +8,10 @@ from pathlib import Path
 import modelhost
 import modelhost._core
 import modelhost._default
+import modelhost.handles
 import pytest
-from helpers import EMB_KEY, EMB_WEIGHTS, FAMILY_REPORT, LLM_FILE, LLM_KEY, default_models_dir
+from helpers import EMB_KEY, EMB_WEIGHTS, FAMILY_REPORT, LLM_FILE, LLM_KEY, MAX_TOKENS, default_models_dir
+from modelhost.config import LlmPredictionConfig, prediction_config_from_user
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
@@ -41,15 +43,17 @@ def models_dir() -> Path:
 
 @pytest.fixture
 def client(models_dir: Path) -> Iterator[modelhost.Client]:
-    """A fresh client on the real models dir, closed after the test."""
-    with modelhost.Client(models_dir) as c:
+    """A fresh client on the real models dir with a table of its own (``isolated``: what the test loads, over HTTP
+    too, is gone after it, and nothing another test loaded is in it), closed after the test. The process-wide table
+    is tested in test_one_host.py and by the LM Studio examples."""
+    with modelhost.Client(models_dir, isolated=True) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def module_client(models_dir: Path) -> Iterator[modelhost.Client]:
-    """A client shared by one test module (for tests that only use loaded models)."""
-    with modelhost.Client(models_dir) as c:
+    """A client shared by one test module (for tests that only use loaded models), with a table of its own."""
+    with modelhost.Client(models_dir, isolated=True) as c:
         yield c
 
 
@@ -72,3 +76,38 @@ def default_client(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     modelhost._default._reset_default_client()
     yield
     modelhost._default._reset_default_client()
+
+
+@pytest.fixture
+def capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every prediction capped at MAX_TOKENS tokens."""
+
+    def cap(config: object) -> LlmPredictionConfig:
+        result = prediction_config_from_user(config)  # type: ignore[arg-type]
+        if result.max_tokens is None or result.max_tokens is False or result.max_tokens > MAX_TOKENS:
+            result.max_tokens = MAX_TOKENS
+        return result
+
+    monkeypatch.setattr(modelhost.handles, "prediction_config_from_user", cap)
+
+
+@pytest.fixture
+def lms_env(default_client: None, capped: None) -> Iterator[None]:
+    """SmolLM2 loaded into the process ("lms load"), and every prediction capped; afterwards nothing is loaded."""
+    with modelhost.Client() as loader:
+        loader.llm.model(LLM_KEY, no_hup=True)
+    yield
+    modelhost._default._reset_default_client()
+    with modelhost.Client() as cleaner:
+        for handle in cleaner.list_loaded_models():
+            handle.unload()
+
+
+@pytest.fixture
+def api_host(lms_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """A server on a free local port over the process's instances (as LM Studio's app serves its own), as
+    ``host:port``; the default local port is set to it, so the SDK's local-server lookup finds it."""
+    with modelhost.Client() as owner, owner.serve(port=0, api_token="") as server:
+        monkeypatch.setenv("MODELHOST_PORT", str(server.port))
+        monkeypatch.setenv("MODELHOST_STATE_DIR", str(tmp_path))
+        yield f"127.0.0.1:{server.port}"

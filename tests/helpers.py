@@ -28,6 +28,8 @@ REFS = Path(__file__).parent / "refs"
 EOG_IDS = {0, 2, 4}  # SmolLM2's end-of-generation ids, as llama.cpp defines them
 # The family checks' summary (tests/test_families.py), printed at the end of the run by conftest.py.
 FAMILY_REPORT = pytest.StashKey[str]()
+MAX_TOKENS = 12
+"""What the LM Studio examples' predictions are capped at (fixture ``capped``), to keep the suite fast."""
 STOP_REASONS = {"eosFound", "maxPredictedTokensReached", "stopStringFound", "contextLengthReached", "userStopped"}
 
 
@@ -147,3 +149,42 @@ def placement_warnings_allowed() -> Iterator[list[warnings.WarningMessage]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", modelhost.PlacementWarning)
         yield caught
+
+
+class ServerProcess:
+    """A ``modelhost serve --port 0`` child process: its URL (from its first line), stopped by :meth:`stop`."""
+
+    def __init__(self, models_dir: Path, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        import subprocess
+        import sys
+
+        environment = {**os.environ, "MODELHOST_STATE_DIR": str(log_dir), "LM_API_TOKEN": "", **(env or {})}
+        self.log_path = log_dir / "server.stderr"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelhost", "serve", "--port", "0", "--models-dir", str(models_dir), *args],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=environment,
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        prefix = "modelhost serving on "
+        if not line.startswith(prefix):
+            self.process.kill()
+            raise AssertionError(f"the server did not start: {line!r}\n{self.log_path.read_text()}")
+        self.url = line[len(prefix) :].strip()
+        self.address = self.url.removeprefix("http://")
+
+    def stop(self) -> int:
+        """Ctrl-C (it drains, then exits); its exit status."""
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()

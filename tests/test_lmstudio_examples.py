@@ -4,15 +4,15 @@ Each test body is the docs' example, changed only where porting requires it:
 
 * ``import lmstudio as lms`` -> ``import modelhost as lms`` (and ``from lmstudio import Chat`` likewise);
 * their model keys -> ours (``smollm2-135m-instruct`` for LLMs, ``all-minilm-l6-v2`` for embeddings);
-* ``client.llm.model()`` on a fresh scoped ``Client`` names the model: an LM Studio server already has a model
-  loaded, while a new in-process client has nothing loaded until asked;
-* the server address (``localhost:1234``) -> the models directory;
+* the server address (``localhost:1234``) -> the address of a server the test starts;
 * a few examples use a variable defined on an earlier part of their page (``model``, ``chat``, ``initial_text``):
   the test defines it first, outside the example.
 
-The convenience-API examples that take "the currently loaded model" (``lms.llm()``) get it from the fixture, which
-loads SmolLM2 into the default client first, as ``lms load`` would. To keep the suite fast, the fixture also caps
-every prediction at a few tokens (the examples themselves are unchanged; what they print is not checked).
+The examples that take "the currently loaded model" (``lms.llm()``, ``client.llm.model()``) get it from the
+fixture, which loads SmolLM2 into the process first with ``no_hup=True``, as ``lms load`` loads it into the app:
+every client of the process sees it, and no client's ``close()`` unloads it. To keep the suite fast, the fixture also
+caps every prediction at a few tokens (the examples themselves are unchanged; what they print is not checked).
+The asynchronous examples are in test_lmstudio_async_examples.py.
 """
 
 # The examples keep the docs' own formatting.
@@ -22,38 +22,13 @@ every prediction at a few tokens (the examples themselves are unchanged; what th
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
-from pathlib import Path
 
 import modelhost
 import modelhost.handles
 import pytest
-from helpers import EMB_KEY, LLM_KEY, assert_ran, placement_warnings_allowed
-from modelhost.config import LlmPredictionConfig, prediction_config_from_user
+from helpers import EMB_KEY, LLM_KEY, MAX_TOKENS, assert_ran, placement_warnings_allowed
 
 pytestmark = pytest.mark.timeout(120)
-
-MAX_TOKENS = 12
-
-
-@pytest.fixture
-def capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every prediction capped at MAX_TOKENS tokens."""
-
-    def cap(config: object) -> LlmPredictionConfig:
-        result = prediction_config_from_user(config)  # type: ignore[arg-type]
-        if result.max_tokens is None or result.max_tokens is False or result.max_tokens > MAX_TOKENS:
-            result.max_tokens = MAX_TOKENS
-        return result
-
-    monkeypatch.setattr(modelhost.handles, "prediction_config_from_user", cap)
-
-
-@pytest.fixture
-def lms_env(default_client: None, capped: None) -> Iterator[None]:
-    """The default client with SmolLM2 loaded ("lms load"), and every prediction capped."""
-    modelhost.llm(LLM_KEY)
-    yield
 
 
 def _feed_input(monkeypatch: pytest.MonkeyPatch, lines: list[str]) -> None:
@@ -83,7 +58,7 @@ def test_loading_get_current_model_scoped(lms_env: None) -> None:
     import modelhost as lms
 
     with lms.Client() as client:
-        model = client.llm.model("smollm2-135m-instruct")
+        model = client.llm.model()
     assert model.model_key == LLM_KEY
 
 
@@ -118,7 +93,9 @@ def test_loading_new_instance_scoped(lms_env: None) -> None:
     with lms.Client() as client:
         model = client.llm.load_new_instance("smollm2-135m-instruct")
         another_model = client.llm.load_new_instance("smollm2-135m-instruct", "my-second-model")
-        assert (model.identifier, another_model.identifier) == (LLM_KEY, "my-second-model")
+        assert (model.identifier, another_model.identifier) == (f"{LLM_KEY}:2", "my-second-model")
+    # Closing the client unloaded what it loaded, and only that.
+    assert [m.identifier for m in lms.list_loaded_models()] == [LLM_KEY]
 
 
 def test_loading_unload_convenience(lms_env: None) -> None:
@@ -133,7 +110,7 @@ def test_loading_unload_scoped(lms_env: None) -> None:
     import modelhost as lms
 
     with lms.Client() as client:
-        model = client.llm.model("smollm2-135m-instruct")
+        model = client.llm.model()
         model.unload()
         assert client.list_loaded_models() == []
 
@@ -208,8 +185,8 @@ def test_list_loaded_scoped(lms_env: None, capsys: pytest.CaptureFixture[str]) -
 
         print(all_loaded_models)
 
-    assert capsys.readouterr().out == "[]\n"
-    assert llm_only == [] and embedding_only == []
+    assert capsys.readouterr().out == f"[LLM(identifier='{LLM_KEY}')]\n"
+    assert len(llm_only) == 1 and embedding_only == []
 
 
 # --- Model info -----------------------------------------------------------------------------------------------------
@@ -229,7 +206,7 @@ def test_get_model_info_scoped(lms_env: None, capsys: pytest.CaptureFixture[str]
     import modelhost as lms
 
     with lms.Client() as client:
-        model = client.llm.model("smollm2-135m-instruct")
+        model = client.llm.model()
 
         print(model.get_info())
 
@@ -250,7 +227,7 @@ def test_get_load_config_scoped(lms_env: None, capsys: pytest.CaptureFixture[str
     import modelhost as lms
 
     with lms.Client() as client:
-        model = client.llm.model("smollm2-135m-instruct")
+        model = client.llm.model()
 
         print(model.get_load_config())
 
@@ -336,7 +313,7 @@ def test_chat_quick_example_scoped(lms_env: None, capsys: pytest.CaptureFixture[
     import modelhost as lms
 
     with lms.Client() as client:
-        model = client.llm.model("smollm2-135m-instruct")
+        model = client.llm.model()
         print(model.respond("What is the meaning of life?"))
 
     assert capsys.readouterr().out.strip()
@@ -357,7 +334,7 @@ def test_chat_streaming_scoped(lms_env: None, capsys: pytest.CaptureFixture[str]
     import modelhost as lms
 
     with lms.Client() as client:
-        model = client.llm.model("smollm2-135m-instruct")
+        model = client.llm.model()
 
         for fragment in model.respond_stream("What is the meaning of life?"):
             print(fragment.content, end="", flush=True)
@@ -497,7 +474,7 @@ def test_chat_progress_callbacks_scoped(lms_env: None, capsys: pytest.CaptureFix
     import modelhost as lms
 
     with lms.Client() as client:
-        llm = client.llm.model("smollm2-135m-instruct")
+        llm = client.llm.model()
 
         response = llm.respond(
             "What is LM Studio?",
@@ -616,7 +593,7 @@ def test_completion_progress_callbacks(lms_env: None, capsys: pytest.CaptureFixt
     )
 
     with lms.Client() as client:
-        llm = client.llm.model("smollm2-135m-instruct")
+        llm = client.llm.model()
 
         completion = llm.complete(
             "My name is",
@@ -681,7 +658,8 @@ def test_parameters_load_with_model_scoped(lms_env: None) -> None:
                     }
                 }
             )
-            assert model.get_context_length() == 8192
+            # Already loaded in the process: the config is ignored, as in LM Studio.
+            assert model.get_context_length() == 4096
 
 
 def test_parameters_load_new_instance_convenience(lms_env: None) -> None:
@@ -781,7 +759,7 @@ def test_cancelling_scoped(lms_env: None) -> None:
     import modelhost as lms
 
     with lms.Client() as client:
-        model = client.llm.model("smollm2-135m-instruct")
+        model = client.llm.model()
 
         prediction_stream = model.respond_stream("What is the meaning of life?")
         cancelled = False
@@ -845,32 +823,102 @@ def test_repl_session(lms_env: None, capsys: pytest.CaptureFixture[str]) -> None
     assert len(chat) == 7
 
 
-def test_project_setup_configure_default_client(
-    models_dir: Path, default_client: None, capped: None, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_project_setup_configure_default_client(api_host: str, capsys: pytest.CaptureFixture[str]) -> None:
+    modelhost._default._reset_default_client()
     try:
         import modelhost as lms
-        MODELS_DIR = str(models_dir)  # was: SERVER_API_HOST = "localhost:1234"
+        SERVER_API_HOST = api_host  # was: "localhost:1234"
 
         # This must be the *first* convenience API interaction (otherwise the SDK
         # implicitly creates a client that accesses the default server API host)
-        lms.configure_default_client(MODELS_DIR)
+        lms.configure_default_client(SERVER_API_HOST)
 
-        assert Path(lms.get_default_client().models_dir) == Path(MODELS_DIR)
+        # Note: the dedicated configuration API was added in lmstudio-python 1.3.0
+        # For compatibility with earlier SDK versions, it is still possible to use
+        # lms.get_default_client(SERVER_API_HOST) to configure the default client
+
+        assert lms.get_default_client().api_host == f"http://{api_host}"
+        assert lms.llm().identifier == LLM_KEY  # over HTTP: the server's instance
         with pytest.raises(RuntimeError):
-            lms.configure_default_client(MODELS_DIR)  # too late now
+            lms.configure_default_client(SERVER_API_HOST)  # too late now
     finally:
         modelhost._default._reset_default_client()
 
+
+def test_project_setup_scoped_client_on_a_server(api_host: str, capsys: pytest.CaptureFixture[str]) -> None:
     import modelhost as lms
+    SERVER_API_HOST = api_host  # was: "localhost:1234"
 
     # When using the scoped resource API, each client instance
     # can be configured to use a specific server API host
-    with lms.Client(MODELS_DIR) as client:
-        model = client.llm.model("smollm2-135m-instruct")
+    with lms.Client(SERVER_API_HOST) as client:
+        model = client.llm.model()
 
         for fragment in model.respond_stream("What is the meaning of life?"):
             print(fragment.content, end="", flush=True)
         print() # Advance to a new line at the end of the response
 
     assert capsys.readouterr().out.strip()
+
+
+def test_project_setup_is_valid_api_host(api_host: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import modelhost as lms
+    SERVER_API_HOST = api_host  # was: "localhost:1234"
+
+    if lms.Client.is_valid_api_host(SERVER_API_HOST):
+        print(f"An LM Studio API server instance is available at {SERVER_API_HOST}")
+    else:
+        print("No LM Studio API server instance found at {SERVER_API_HOST}")
+
+    assert capsys.readouterr().out == f"An LM Studio API server instance is available at {api_host}\n"
+    assert not lms.Client.is_valid_api_host("127.0.0.1:1")
+
+
+def test_project_setup_find_default_local_api_host(api_host: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import modelhost as lms
+
+    api_host = lms.Client.find_default_local_api_host()
+    if api_host is not None:
+        print(f"An LM Studio API server instance is available at {api_host}")
+    else:
+        print("No LM Studio API server instance found on any of the default local ports")
+
+    assert capsys.readouterr().out.startswith("An LM Studio API server instance is available at 127.0.0.1:")
+
+
+def test_authentication_convenience(lms_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    modelhost._default._reset_default_client()
+    import modelhost as lms
+
+    # Configure the default client with an API token
+    lms.configure_default_client(api_token="your-token-here")
+
+    model = lms.llm()
+    result = model.respond("What is the meaning of life?")
+    print(result)
+
+    assert capsys.readouterr().out.strip()
+
+
+def test_authentication_scoped(lms_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    import modelhost as lms
+
+    # Pass api_token to the Client constructor
+    with lms.Client(api_token="your-token-here") as client:
+        model = client.llm.model()
+        result = model.respond("What is the meaning of life?")
+        print(result)
+
+    assert capsys.readouterr().out.strip()
+
+
+def test_authentication_against_a_server_with_a_token(lms_env: None) -> None:
+    """The token matters where there is a server to check it (in-process there is nothing to authenticate)."""
+    import modelhost as lms
+
+    with lms.Client() as owner, owner.serve(port=0, api_token="your-token-here") as server:
+        with lms.Client(server.url, api_token="your-token-here") as client:
+            model = client.llm.model()
+            assert model.respond("What is the meaning of life?").content
+        with pytest.raises(lms.AuthenticationError):
+            lms.Client(server.url, api_token="wrong")

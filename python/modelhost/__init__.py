@@ -19,6 +19,17 @@ from ._default import (
     list_loaded_models,
     llm,
 )
+from .async_client import (
+    AnyAsyncModelHandle,
+    AsyncClient,
+    AsyncDownloadedModel,
+    AsyncEmbeddingModel,
+    AsyncEmbeddingNamespace,
+    AsyncLLM,
+    AsyncLlmNamespace,
+    AsyncModelHandle,
+    AsyncPredictionStream,
+)
 from .chat import AnyChatInput, Chat, ChatMessage
 from .client import Client, EmbeddingNamespace, LlmNamespace, ModelLoadingCallback, default_models_dir
 from .config import (
@@ -30,6 +41,7 @@ from .config import (
     LlmPredictionConfig,
 )
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ContextLengthExceededError,
     InstanceExistsError,
@@ -45,6 +57,8 @@ from .errors import (
     NoModelLoadedError,
     NotSupportedError,
     PlacementWarning,
+    ServerBusyError,
+    ServerConnectionError,
 )
 from .handles import LLM, AnyModelHandle, EmbeddingModel, ModelHandle
 from .models import (
@@ -61,9 +75,19 @@ __version__: str = _core.__version__
 __all__ = [
     "DEFAULT_TTL",
     "LLM",
+    "AnyAsyncModelHandle",
     "AnyChatInput",
     "AnyLoadConfig",
     "AnyModelHandle",
+    "AsyncClient",
+    "AsyncDownloadedModel",
+    "AsyncEmbeddingModel",
+    "AsyncEmbeddingNamespace",
+    "AsyncLLM",
+    "AsyncLlmNamespace",
+    "AsyncModelHandle",
+    "AsyncPredictionStream",
+    "AuthenticationError",
     "Chat",
     "ChatMessage",
     "Client",
@@ -100,6 +124,8 @@ __all__ = [
     "PlacementWarning",
     "PredictionResult",
     "PredictionStream",
+    "ServerBusyError",
+    "ServerConnectionError",
     "__version__",
     "configure_default_client",
     "default_models_dir",

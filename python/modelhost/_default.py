@@ -28,16 +28,26 @@ _default_settings: dict[str, Any] = {}
 
 
 def configure_default_client(
-    models_dir: str | os.PathLike[str] | None = None,
+    location: str | os.PathLike[str] | None = None,
+    /,
     *,
+    models_dir: str | os.PathLike[str] | None = None,
+    api_host: str | None = None,
+    api_token: str | None = None,
     memory_budget: int | None = None,
     max_loaded: int | None = None,
     auto_evict: bool = True,
 ) -> None:
     """Set the arguments the default client will be created with (before it is first used).
 
+    ``configure_default_client("127.0.0.1:41234")`` makes the convenience API talk to that server; a path makes it
+    use that models directory in-process (the rule of :class:`Client`).
+
     Args:
+        location: A server (``host:port`` or a URL) or a models directory, as for :class:`Client`.
         models_dir: As for :class:`Client`.
+        api_host: As for :class:`Client`.
+        api_token: As for :class:`Client`.
         memory_budget: As for :class:`Client`.
         max_loaded: As for :class:`Client`.
         auto_evict: As for :class:`Client`.
@@ -50,19 +60,33 @@ def configure_default_client(
         if _default_client is not None:
             raise RuntimeError("the default client is already created; configure it before first use")
         _default_settings = {
+            "location": location,
             "models_dir": models_dir,
+            "api_host": api_host,
+            "api_token": api_token,
             "memory_budget": memory_budget,
             "max_loaded": max_loaded,
             "auto_evict": auto_evict,
         }
 
 
-def get_default_client() -> Client:
-    """The default client, created on first use (closed when the interpreter exits)."""
+def get_default_client(api_host: str | None = None) -> Client:
+    """The default client, created on first use (closed when the interpreter exits).
+
+    Args:
+        api_host: A server to create it for (LM Studio's older way to configure it); only before first use.
+
+    Raises:
+        RuntimeError: ``api_host`` given after the default client was created.
+    """
     global _default_client
+    if api_host is not None:
+        configure_default_client(api_host=api_host)
     with _lock:
         if _default_client is None:
-            _default_client = Client(**_default_settings)
+            settings = dict(_default_settings)
+            location = settings.pop("location", None)
+            _default_client = Client(location, **settings)
         return _default_client
 
 

@@ -17,11 +17,16 @@ Choices worth knowing:
   does not implement yet, given at a non-default value.
 * :class:`InvalidInputError` is a ``ValueError`` about a request's input (a token id outside the vocabulary), not
   about a config. A resource the operating system refuses (a thread that cannot start) is the builtin ``OSError``.
+* The remote client (``Client("host:port")``) re-raises the class a server names, so the classes above behave the
+  same over HTTP. Three exist only there: :class:`ServerConnectionError` (a ``ConnectionError``: no server
+  answers, or the connection broke), :class:`AuthenticationError` (a ``PermissionError``: the API token is missing
+  or wrong) and :class:`ServerBusyError` (a ``RuntimeError``: the instance's request queue is full; retry later).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ClientClosedError",
     "ContextLengthExceededError",
     "InstanceExistsError",
@@ -37,6 +42,8 @@ __all__ = [
     "NoModelLoadedError",
     "NotSupportedError",
     "PlacementWarning",
+    "ServerBusyError",
+    "ServerConnectionError",
 ]
 
 
@@ -97,6 +104,18 @@ class ContextLengthExceededError(ModelHostError, ValueError):
 
 class ClientClosedError(ModelUnloadedError):
     """The client was closed (so every instance it held is unloaded)."""
+
+
+class ServerConnectionError(ModelHostError, ConnectionError):
+    """A remote client found no server at its address, or lost the connection to it."""
+
+
+class AuthenticationError(ModelHostError, PermissionError):
+    """The server requires an API token (``Authorization: Bearer``) and the client's is missing or wrong."""
+
+
+class ServerBusyError(ModelHostError, RuntimeError):
+    """The server's queue for the instance is full (HTTP 503); the request was not run. Retry later."""
 
 
 class PlacementWarning(UserWarning):

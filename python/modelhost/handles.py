@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union, overload
+from typing import TYPE_CHECKING, Any, Protocol, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -28,9 +28,9 @@ from .prediction import (
 )
 
 if TYPE_CHECKING:
-    from . import _core
+    from ._backend import InstanceBackend
 
-__all__ = ["LLM", "AnyModelHandle", "EmbeddingModel", "ModelHandle"]
+__all__ = ["LLM", "AnyModelHandle", "EmbeddingModel", "HandleIdentity", "ModelHandle"]
 
 
 def _str_list(values: Iterable[object], what: str) -> list[str]:
@@ -44,30 +44,60 @@ def _str_list(values: Iterable[object], what: str) -> list[str]:
     return result
 
 
-class ModelHandle:
-    """A handle on one loaded instance. It holds no memory: after unload, calls raise ``ModelUnloadedError``."""
+class _Names(Protocol):
+    @property
+    def identifier(self) -> str: ...
+    @property
+    def model_key(self) -> str: ...
+    @property
+    def instance_reference(self) -> str: ...
 
-    _kind = ""
 
-    def __init__(self, instance: _core.Instance) -> None:
-        """Wrap a core instance; the client creates handles, users don't."""
-        self._instance = instance
-        self._load_config_cache: AnyLoadConfig | None = None
+class HandleIdentity:
+    """What every handle (synchronous or asynchronous) is: the names of one instance. Handles on the same instance
+    are equal."""
+
+    _names: _Names
 
     @property
     def identifier(self) -> str:
         """The instance's identifier (the model key, ``key:2``, or the one given at load)."""
-        return self._instance.identifier
+        return self._names.identifier
 
     @property
     def model_key(self) -> str:
         """The catalog key of the model."""
-        return self._instance.model_key
+        return self._names.model_key
 
     @property
     def instance_reference(self) -> str:
         """Unique id of the instance, never reused."""
-        return self._instance.instance_reference
+        return self._names.instance_reference
+
+    def __eq__(self, other: object) -> bool:
+        """Handles are equal when they reference the same instance."""
+        if not isinstance(other, HandleIdentity):
+            return NotImplemented
+        return self.instance_reference == other.instance_reference
+
+    def __hash__(self) -> int:
+        """Hash of the instance reference."""
+        return hash(self.instance_reference)
+
+    def __repr__(self) -> str:
+        """``LLM(identifier='...')``."""
+        return f"{type(self).__name__}(identifier={self.identifier!r})"
+
+
+class ModelHandle(HandleIdentity):
+    """A handle on one loaded instance. It holds no memory: after unload, calls raise ``ModelUnloadedError``."""
+
+    _kind = ""
+
+    def __init__(self, instance: InstanceBackend) -> None:
+        """Wrap an instance (in-process or remote); the client creates handles, users don't."""
+        self._instance = self._names = instance
+        self._load_config_cache: AnyLoadConfig | None = None
 
     def is_loaded(self) -> bool:
         """Whether the instance is still loaded."""
@@ -116,20 +146,6 @@ class ModelHandle:
         if not isinstance(input, str):
             raise TypeError(f"input must be a str, got {type(input).__name__}")
         return len(self._instance.tokenize(input))
-
-    def __eq__(self, other: object) -> bool:
-        """Handles are equal when they reference the same instance."""
-        if not isinstance(other, ModelHandle):
-            return NotImplemented
-        return self.instance_reference == other.instance_reference
-
-    def __hash__(self) -> int:
-        """Hash of the instance reference."""
-        return hash(self.instance_reference)
-
-    def __repr__(self) -> str:
-        """``LLM(identifier='...')``."""
-        return f"{type(self).__name__}(identifier={self.identifier!r})"
 
 
 class LLM(ModelHandle):

@@ -51,11 +51,19 @@ class ModelInstanceInfo:
         context_length: The context length this instance was loaded with.
         vision: Whether the model takes images (never, for now).
         trained_for_tool_use: Whether the chat template handles tools.
+        quantization: e.g. "Q4_1", "F32".
         ttl: Idle seconds before automatic unload, None for never.
         last_used: Unix time of the end of the last request (or of the load).
+        expires_in: Seconds until the TTL unloads it if it stays idle (None without a TTL, or while busy).
+        in_flight: Requests running or queued on it.
+        status: "idle" or "busy".
+        loaded_by: Who loaded it: "client" (a ``Client``), "server" (a just-in-time load over HTTP) or "cli".
+        client_id: The loading client's id, for "client" loads.
+        no_hup: Whether it outlives the client that loaded it.
         device: Main device, e.g. "cpu" or "cuda:0".
         placement: Per-layer device plan, as the core reports it.
         placement_warning: Why the requested GPU placement could not be honoured, if it could not.
+        memory: Its estimated memory: ``weights_bytes``, ``kv_cache_bytes``, ``scratch_bytes``, ``total_bytes``.
     """
 
     type: str = "llm"
@@ -72,11 +80,19 @@ class ModelInstanceInfo:
     context_length: int = 0
     vision: bool = False
     trained_for_tool_use: bool = False
+    quantization: str | None = None
     ttl: float | None = None
     last_used: float | None = None
+    expires_in: float | None = None
+    in_flight: int = 0
+    status: str = "idle"
+    loaded_by: str | None = None
+    client_id: str | None = None
+    no_hup: bool = False
     device: str | None = None
     placement: Any = None
     placement_warning: str | None = None
+    memory: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def _from_core(cls, data: Mapping[str, Any], kind: str) -> ModelInstanceInfo:
@@ -95,7 +111,15 @@ class LlmInstanceInfo(ModelInstanceInfo):
 
 @dataclass(frozen=True)
 class EmbeddingModelInstanceInfo(ModelInstanceInfo):
-    """Instance info of a loaded embedding model."""
+    """Instance info of a loaded embedding model.
+
+    Attributes:
+        embedding_dimension: Length of its vectors.
+        max_seq_length: Tokens an input is truncated to.
+    """
+
+    embedding_dimension: int | None = None
+    max_seq_length: int | None = None
 
 
 class _ModelLoader(Protocol):

@@ -14,7 +14,7 @@ from .config import LlmLoadModelConfig, LlmPredictionConfig
 from .errors import ModelHostError
 
 if TYPE_CHECKING:
-    from . import _core
+    from ._backend import GenerationBackend
     from .models import ModelInstanceInfo
 
 __all__ = [
@@ -139,7 +139,7 @@ class PredictionStream:
 
     def __init__(
         self,
-        generation: _core.Generation,
+        generation: GenerationBackend,
         *,
         model_info: ModelInstanceInfo,
         load_config: LlmLoadModelConfig,
@@ -149,7 +149,7 @@ class PredictionStream:
         on_prediction_fragment: PredictionFragmentCallback | None = None,
     ) -> None:
         """Wrap a core generation; the handle creates streams, users don't (prompt progress goes to the core)."""
-        self._generation: _core.Generation | None = generation
+        self._generation: GenerationBackend | None = generation
         self._model_info = model_info
         self._load_config = load_config
         self._prediction_config = prediction_config

@@ -610,6 +610,9 @@ async fn predict(
         futures_util::stream::once(std::future::ready(vec![json_event(Some("prediction.started"), &started)]));
     let events = prediction_events(generation, Arc::new(entry), move |event| match event {
         GenEvent::Ready { .. } => (Vec::new(), false),
+        GenEvent::PromptProgress(share) => {
+            (vec![json_event(Some("prediction.prompt_progress"), &json!({"progress": share}))], false)
+        }
         GenEvent::Fragment(f) => {
             (vec![json_event(Some("prediction.fragment"), &json!({"content": f.content, "tokens": f.tokens}))], false)
         }

@@ -387,7 +387,7 @@ async fn generate(
     let include_usage = req.include_usage();
     let mut sent_role = false;
     let events = prediction_events(stream, (), move |event| match event {
-        GenEvent::Ready { .. } => (Vec::new(), false),
+        GenEvent::Ready { .. } | GenEvent::PromptProgress(_) => (Vec::new(), false),
         GenEvent::Fragment(f) => {
             let mut out = Vec::new();
             if chat && !sent_role {

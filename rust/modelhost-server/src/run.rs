@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use modelhost_core::config::prediction_from_json;
 use modelhost_core::models::{Fragment, PredictionStats};
+use modelhost_core::BoxError;
 use modelhost_core::ChatMessage;
 use modelhost_core::Error;
 use modelhost_core::LoadConfig;
@@ -99,13 +100,15 @@ impl Finished {
     }
 }
 
-/// What a prediction reports, in order: `Ready`, then fragments, then `Done` or `Failed` (`Failed` may also
-/// come first, before anything was sent to the client).
+/// What a prediction reports, in order: `Ready`, prompt progress, then fragments, then `Done` or `Failed`
+/// (`Failed` may also come first, before anything was sent to the client).
 pub(crate) enum GenEvent {
     /// The prompt was checked (it fits the context); the prediction waits for its turn.
     Ready {
         prompt_tokens: usize,
     },
+    /// The share of the prompt processed: 0.0, then after each `evalBatchSize` chunk, 1.0 last.
+    PromptProgress(f32),
     Fragment(Fragment),
     Done(Box<Finished>),
     Failed(ApiError),
@@ -143,7 +146,7 @@ impl GenerationStream {
     pub async fn finish(&mut self) -> Result<Finished, ApiError> {
         loop {
             match self.next().await {
-                GenEvent::Fragment(_) | GenEvent::Ready { .. } => continue,
+                GenEvent::Fragment(_) | GenEvent::Ready { .. } | GenEvent::PromptProgress(_) => continue,
                 GenEvent::Done(f) => return Ok(*f),
                 GenEvent::Failed(e) => return Err(e),
             }
@@ -187,6 +190,11 @@ pub(crate) fn start_generation(
             }
         };
         let stop = generation.cancel_flag();
+        // The prompt is processed in the first call; a reader that left stops it (the send fails).
+        let mut report_prompt = |share: f32| -> Result<(), BoxError> {
+            tx.blocking_send(GenEvent::PromptProgress(share)).map_err(|_| "the client went away".into())
+        };
+        let mut prompt_done = false;
         loop {
             if abandoned.load(Ordering::Relaxed) {
                 return; // dropping the generation frees the instance now
@@ -194,7 +202,13 @@ pub(crate) fn start_generation(
             if cancel.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed) {
                 stop.store(true, Ordering::Relaxed);
             }
-            match generation.next_fragment() {
+            let next = if prompt_done {
+                generation.next_fragment()
+            } else {
+                prompt_done = true;
+                generation.next_fragment_with_progress(Some(&mut report_prompt))
+            };
+            match next {
                 Ok(Some(fragment)) => {
                     if tx.blocking_send(GenEvent::Fragment(fragment)).is_err() {
                         return;
