@@ -10,6 +10,27 @@ use half::f16;
 
 use crate::weights::MappedFile;
 
+pub mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2_common;
+#[cfg(target_arch = "x86_64")]
+mod avx2_float;
+#[cfg(target_arch = "x86_64")]
+mod avx2_kquant;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q32;
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm;
+pub mod blocks;
+pub mod dispatch;
+#[cfg(test)]
+mod kernel_tests;
+pub mod matrix;
+#[cfg(target_arch = "x86_64")]
+mod panel;
+pub mod scalar;
+pub mod types;
+
 /// Elements per quantization block.
 pub const BLOCK: usize = 32;
 /// Activation rows multiplied per weight-block load (register blocking).

@@ -1,0 +1,108 @@
+//! Throughput of the matmul kernels on SmolLM2-1.7B-shaped matrices, per weight type and instruction set:
+//! `cargo bench -p modelhost-core --bench kernels [-- FILTER]`. Prints GB/s of weights streamed for one
+//! token (decoding) and GMAC/s for a 128-token prompt; the comparison with llama.cpp lives in benches/.
+
+use std::time::Instant;
+
+use modelhost_core::kernels::act::LayerInput;
+use modelhost_core::kernels::dispatch::Isa;
+use modelhost_core::kernels::matrix::WeightMatrix;
+use modelhost_core::kernels::types::WeightType;
+
+fn random_bytes(n: usize, mut state: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+/// Random blocks whose f16 scales are small finite numbers.
+fn matrix(ty: WeightType, rows: usize, cols: usize) -> WeightMatrix {
+    let mut data = random_bytes(rows * ty.row_bytes(cols).unwrap(), 7);
+    let scale = half::f16::from_f32(0.01).to_le_bytes();
+    let at: &[usize] = match ty {
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => &[0],
+        WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q4_K | WeightType::Q5_K => &[0, 2],
+        WeightType::Q2_K => &[80, 82],
+        WeightType::Q3_K => &[108],
+        WeightType::Q6_K => &[208],
+        _ => &[],
+    };
+    if at.is_empty() {
+        data = (0..rows * cols).flat_map(|i| half::f16::from_f32((i % 7) as f32 * 0.1).to_le_bytes()).collect();
+        if ty == WeightType::F32 {
+            data = (0..rows * cols).flat_map(|i| ((i % 7) as f32 * 0.1).to_le_bytes()).collect();
+        }
+    } else {
+        for b in data.chunks_exact_mut(ty.block_bytes()) {
+            for &a in at {
+                b[a..a + 2].copy_from_slice(&scale);
+            }
+        }
+    }
+    WeightMatrix::new(ty, &data, rows, cols).unwrap()
+}
+
+fn time(mut f: impl FnMut(), min_secs: f64) -> f64 {
+    f();
+    let (start, mut n) = (Instant::now(), 0u32);
+    while start.elapsed().as_secs_f64() < min_secs {
+        f();
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() / f64::from(n)
+}
+
+fn main() {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let shapes = [
+        (2048usize, 2048usize, "attn 2048x2048"),
+        (8192, 2048, "ffn up 8192x2048"),
+        (2048, 8192, "ffn down 2048x8192"),
+    ];
+    let types = [
+        WeightType::Q4_0,
+        WeightType::Q4_K,
+        WeightType::Q6_K,
+        WeightType::Q8_0,
+        WeightType::Q5_0,
+        WeightType::Q4_1,
+        WeightType::Q5_K,
+        WeightType::Q3_K,
+        WeightType::Q2_K,
+        WeightType::IQ4_NL,
+        WeightType::F16,
+    ];
+    println!("threads: {}, levels: {:?}", rayon::current_num_threads(), Isa::available());
+    for ty in types {
+        if filter.as_deref().is_some_and(|f| !ty.name().eq_ignore_ascii_case(f)) {
+            continue;
+        }
+        for &(n, k, name) in &shapes {
+            let w = matrix(ty, n, k);
+            let bytes = (n * ty.row_bytes(k).unwrap()) as f64;
+            for isa in Isa::available().into_iter().skip(1) {
+                let x1 = LayerInput::new((0..k).map(|i| (i % 13) as f32 - 6.0).collect(), 1, k);
+                let mut y1 = vec![0f32; n];
+                let t1 = time(|| w.matmul_with(isa, &x1, &mut y1), 0.3);
+                let m = 128;
+                let xs: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 - 8.0).collect();
+                let mut ym = vec![0f32; m * n];
+                // A fresh input per call: the activation quantization is part of the cost.
+                let tm = time(|| w.matmul_with(isa, &LayerInput::new(xs.clone(), m, k), &mut ym), 0.5);
+                println!(
+                    "{:7} {:20} {:12} decode {:7.2} GB/s ({:6.3} ms)   prompt {:7.1} GMAC/s ({:7.2} ms)",
+                    ty.name(),
+                    name,
+                    isa.name(),
+                    bytes / t1 / 1e9,
+                    t1 * 1e3,
+                    (m * n * k) as f64 / tm / 1e9,
+                    tm * 1e3
+                );
+            }
+        }
+    }
+}
