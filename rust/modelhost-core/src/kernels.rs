@@ -30,6 +30,8 @@ pub mod matrix;
 mod panel;
 pub mod scalar;
 pub mod types;
+#[cfg(test)]
+mod vector_tests;
 
 /// Elements per quantization block.
 pub const BLOCK: usize = 32;
