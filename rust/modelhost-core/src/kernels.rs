@@ -23,6 +23,7 @@ mod avx2_q32;
 mod avx512_gemm;
 pub mod blocks;
 pub mod dispatch;
+pub mod f16_attention;
 #[cfg(test)]
 mod kernel_tests;
 pub mod matrix;

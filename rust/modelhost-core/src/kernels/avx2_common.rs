@@ -79,11 +79,12 @@ pub unsafe fn bytes_from_bits(p: *const u8) -> __m256i {
     _mm256_cmpeq_epi8(bit, _mm256_set1_epi64x(-1))
 }
 
-/// The f16 at `p`, widened (F16C: the callers enable it).
+/// The f16 at `p`, widened into all 8 lanes (F16C: the callers enable it). A vector on purpose: converting
+/// a scalar through a register leaves its other lanes "don't care", and the compiler then fills them from
+/// whatever register is at hand (the accumulator), chaining every block to the previous one.
 #[inline(always)]
-pub unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = i32::from(u16::from_le_bytes([*p, *p.add(1)]));
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+pub unsafe fn f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(std::ptr::read_unaligned(p as *const i16)))
 }
 
 /// i16 lanes 0-7 = `lo`, 8-15 = `hi`: the scales of two 16-element sub-blocks for one 32-byte vector.

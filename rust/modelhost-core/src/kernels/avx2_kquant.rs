@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::act::ActRow;
-use super::avx2_common::{f16_at, hsum_ps, scale_pair, Avx2, Avx512Vnni, AvxVnni, ByteDot};
+use super::avx2_common::{f16x8, hsum_ps, scale_pair, Avx2, Avx512Vnni, AvxVnni, ByteDot};
 use super::blocks::{q3k_scales, scale_min_k4};
 use super::types::QK_K;
 
@@ -48,8 +48,8 @@ pub trait KQuant {
     unsafe fn chunk(b: *const u8, s: &Self::Scales, k: usize) -> (__m256i, __m256i);
     /// From Q8_K's 16 sums: the integer to subtract from the scaled sum (offset types) and Σ min·sum.
     fn offset_and_mins(s: &Self::Scales, bsums: &[i32]) -> (i32, i32);
-    /// Super-block scale and minimum scale.
-    unsafe fn d_dmin(b: *const u8) -> (f32, f32);
+    /// Super-block scale and minimum scale, broadcast.
+    unsafe fn d_dmin(b: *const u8) -> (__m256, __m256);
     /// What `chunk`'s unsigned values are above the signed ones the format means (Q3_K: 4, Q6_K: 32).
     const OFFSET: i8;
     /// Elements per sub-block (per scale).
@@ -79,8 +79,8 @@ impl KQuant for Q2K {
         (0, (0..16).map(|j| i32::from(s[j] >> 4) * bsums[j]).sum())
     }
     #[inline(always)]
-    unsafe fn d_dmin(b: *const u8) -> (f32, f32) {
-        (f16_at(b.add(80)), f16_at(b.add(82)))
+    unsafe fn d_dmin(b: *const u8) -> (__m256, __m256) {
+        (f16x8(b.add(80)), f16x8(b.add(82)))
     }
     const OFFSET: i8 = 0;
     const SUB: usize = 16;
@@ -112,8 +112,8 @@ impl KQuant for Q3K {
         (4 * (0..16).map(|j| s[j] * bsums[j]).sum::<i32>(), 0)
     }
     #[inline(always)]
-    unsafe fn d_dmin(b: *const u8) -> (f32, f32) {
-        (f16_at(b.add(108)), 0.0)
+    unsafe fn d_dmin(b: *const u8) -> (__m256, __m256) {
+        (f16x8(b.add(108)), _mm256_setzero_ps())
     }
     const OFFSET: i8 = 4;
     const SUB: usize = 16;
@@ -153,8 +153,8 @@ impl<const FIVE: bool> KQuant for Q45K<FIVE> {
         (0, (0..16).map(|j| i32::from(s.1[j / 2]) * bsums[j]).sum())
     }
     #[inline(always)]
-    unsafe fn d_dmin(b: *const u8) -> (f32, f32) {
-        (f16_at(b), f16_at(b.add(2)))
+    unsafe fn d_dmin(b: *const u8) -> (__m256, __m256) {
+        (f16x8(b), f16x8(b.add(2)))
     }
     const OFFSET: i8 = 0;
     const SUB: usize = 32;
@@ -189,8 +189,8 @@ impl KQuant for Q6K {
         (32 * (0..16).map(|j| s[j] * bsums[j]).sum::<i32>(), 0)
     }
     #[inline(always)]
-    unsafe fn d_dmin(b: *const u8) -> (f32, f32) {
-        (f16_at(b.add(208)), 0.0)
+    unsafe fn d_dmin(b: *const u8) -> (__m256, __m256) {
+        (f16x8(b.add(208)), _mm256_setzero_ps())
     }
     const OFFSET: i8 = 32;
     const SUB: usize = 16;
@@ -205,7 +205,8 @@ impl KQuant for Q6K {
 unsafe fn rows<K: KQuant, D: ByteDot, const C: usize>(w: &[u8], a: &[ActRow<'_>; C], out: &mut [f32]) {
     let nb = w.len() / K::BYTES;
     let mut acc = [_mm256_setzero_ps(); C];
-    let mut mins = [0f32; C];
+    // Σ dmin·d_a·Σ min·sum in every lane (lane 0 is read).
+    let mut mins = [_mm256_setzero_ps(); C];
     for b in 0..nb {
         let blk = w.as_ptr().add(b * K::BYTES);
         let scales = K::scales(blk);
@@ -222,14 +223,15 @@ unsafe fn rows<K: KQuant, D: ByteDot, const C: usize>(w: &[u8], a: &[ActRow<'_>;
             let da = *a[c].d.get_unchecked(b);
             let (offset, min) = K::offset_and_mins(&scales, a[c].sums.get_unchecked(b * 16..b * 16 + 16));
             let total = _mm256_sub_epi32(sumi[c], _mm256_castsi128_si256(_mm_cvtsi32_si128(offset)));
-            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(total), acc[c]);
+            let dv = _mm256_set1_ps(da);
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, dv), _mm256_cvtepi32_ps(total), acc[c]);
             if K::HAS_MIN {
-                mins[c] += (dmin * da) * min as f32;
+                mins[c] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, dv), _mm256_set1_ps(min as f32), mins[c]);
             }
         }
     }
     for c in 0..C {
-        out[c] = hsum_ps(acc[c]) - mins[c];
+        out[c] = hsum_ps(acc[c]) - _mm256_cvtss_f32(mins[c]);
     }
 }
 

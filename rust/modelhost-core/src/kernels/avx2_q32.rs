@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::act::ActRow;
-use super::avx2_common::{bytes_from_bits, f16_at, hsum_ps, nibbles, Avx2, Avx512Vnni, AvxVnni, ByteDot};
+use super::avx2_common::{bytes_from_bits, f16x8, hsum_ps, nibbles, Avx2, Avx512Vnni, AvxVnni, ByteDot};
 use super::types::QK;
 
 /// How one 32-element block type is laid out and unpacked into 32 bytes.
@@ -18,8 +18,8 @@ pub trait Block32 {
     const SIGNED: bool;
     /// Whether the block has a minimum (its dot product adds `m · s`).
     const MIN: bool;
-    /// The 32 values, the scale and the minimum of the block at `b`.
-    unsafe fn load(b: *const u8) -> (__m256i, f32, f32);
+    /// The 32 values, and the scale and the minimum (broadcast) of the block at `b`.
+    unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256);
 }
 
 /// Q4_0: values q − 8.
@@ -29,8 +29,8 @@ impl Block32 for Q4_0 {
     const SIGNED: bool = true;
     const MIN: bool = false;
     #[inline(always)]
-    unsafe fn load(b: *const u8) -> (__m256i, f32, f32) {
-        (_mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)), f16_at(b), 0.0)
+    unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256) {
+        (_mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)), f16x8(b), _mm256_setzero_ps())
     }
 }
 
@@ -41,8 +41,8 @@ impl Block32 for Q4_1 {
     const SIGNED: bool = false;
     const MIN: bool = true;
     #[inline(always)]
-    unsafe fn load(b: *const u8) -> (__m256i, f32, f32) {
-        (nibbles(b.add(4)), f16_at(b), f16_at(b.add(2)))
+    unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256) {
+        (nibbles(b.add(4)), f16x8(b), f16x8(b.add(2)))
     }
 }
 
@@ -53,10 +53,10 @@ impl Block32 for Q5_0 {
     const SIGNED: bool = true;
     const MIN: bool = false;
     #[inline(always)]
-    unsafe fn load(b: *const u8) -> (__m256i, f32, f32) {
+    unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256) {
         // Where the fifth bit is clear, or-ing 0xf0 makes the byte q − 16; where it is set, q + 16 − 16 = q.
         let high = _mm256_andnot_si256(bytes_from_bits(b.add(2)), _mm256_set1_epi8(0xf0u8 as i8));
-        (_mm256_or_si256(nibbles(b.add(6)), high), f16_at(b), 0.0)
+        (_mm256_or_si256(nibbles(b.add(6)), high), f16x8(b), _mm256_setzero_ps())
     }
 }
 
@@ -67,9 +67,9 @@ impl Block32 for Q5_1 {
     const SIGNED: bool = false;
     const MIN: bool = true;
     #[inline(always)]
-    unsafe fn load(b: *const u8) -> (__m256i, f32, f32) {
+    unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256) {
         let high = _mm256_and_si256(bytes_from_bits(b.add(4)), _mm256_set1_epi8(0x10));
-        (_mm256_or_si256(nibbles(b.add(8)), high), f16_at(b), f16_at(b.add(2)))
+        (_mm256_or_si256(nibbles(b.add(8)), high), f16x8(b), f16x8(b.add(2)))
     }
 }
 
@@ -80,8 +80,8 @@ impl Block32 for Q8_0 {
     const SIGNED: bool = true;
     const MIN: bool = false;
     #[inline(always)]
-    unsafe fn load(b: *const u8) -> (__m256i, f32, f32) {
-        (_mm256_loadu_si256(b.add(2) as *const __m256i), f16_at(b), 0.0)
+    unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256) {
+        (_mm256_loadu_si256(b.add(2) as *const __m256i), f16x8(b), _mm256_setzero_ps())
     }
 }
 
@@ -92,10 +92,10 @@ impl Block32 for Iq4Nl {
     const SIGNED: bool = true;
     const MIN: bool = false;
     #[inline(always)]
-    unsafe fn load(b: *const u8) -> (__m256i, f32, f32) {
+    unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256) {
         let table = _mm_loadu_si128(super::blocks::IQ4_NL_VALUES.as_ptr() as *const __m128i);
         let table = _mm256_set_m128i(table, table);
-        (_mm256_shuffle_epi8(table, nibbles(b.add(2))), f16_at(b), 0.0)
+        (_mm256_shuffle_epi8(table, nibbles(b.add(2))), f16x8(b), _mm256_setzero_ps())
     }
 }
 
@@ -104,7 +104,8 @@ impl Block32 for Iq4Nl {
 unsafe fn rows<B: Block32, D: ByteDot, const C: usize>(w: &[u8], a: &[ActRow<'_>; C], out: &mut [f32]) {
     let nb = w.len() / B::BYTES;
     let mut acc = [_mm256_setzero_ps(); C];
-    let mut mins = [0f32; C];
+    // Σ m·s in every lane (lane 0 is read).
+    let mut mins = [_mm256_setzero_ps(); C];
     for b in 0..nb {
         let (v, d, m) = B::load(w.as_ptr().add(b * B::BYTES));
         let u = if B::SIGNED { _mm256_sign_epi8(v, v) } else { v };
@@ -112,14 +113,15 @@ unsafe fn rows<B: Block32, D: ByteDot, const C: usize>(w: &[u8], a: &[ActRow<'_>
             let qa = _mm256_loadu_si256(a[c].qs.as_ptr().add(b * QK) as *const __m256i);
             let qa = if B::SIGNED { _mm256_sign_epi8(qa, v) } else { qa };
             let p = _mm256_cvtepi32_ps(D::dot(u, qa));
-            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * *a[c].d.get_unchecked(b)), p, acc[c]);
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(*a[c].d.get_unchecked(b)));
+            acc[c] = _mm256_fmadd_ps(scale, p, acc[c]);
             if B::MIN {
-                mins[c] += m * *a[c].s.get_unchecked(b);
+                mins[c] = _mm256_fmadd_ps(m, _mm256_set1_ps(*a[c].s.get_unchecked(b)), mins[c]);
             }
         }
     }
     for c in 0..C {
-        out[c] = hsum_ps(acc[c]) + mins[c];
+        out[c] = hsum_ps(acc[c]) + _mm256_cvtss_f32(mins[c]);
     }
 }
 

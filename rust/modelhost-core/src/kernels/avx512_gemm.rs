@@ -30,8 +30,8 @@ unsafe fn pack_q32<B: Block32>(src: &[&[u8]], p: &mut PackedRows) {
             _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK) as *mut __m256i, v);
             let (lo, hi) = byte_sums(v);
             let i = r * nb + b;
-            p.d[i] = d;
-            p.m[i] = m;
+            p.d[i] = _mm256_cvtss_f32(d);
+            p.m[i] = _mm256_cvtss_f32(m);
             p.corr[i] = -128 * (lo + hi);
         }
     }
@@ -54,7 +54,8 @@ unsafe fn pack_kquant<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
                 corr += if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
             }
             let i = r * nb + b;
-            (p.d[i], p.m[i]) = K::d_dmin(blk);
+            let (d, dmin) = K::d_dmin(blk);
+            (p.d[i], p.m[i]) = (_mm256_cvtss_f32(d), _mm256_cvtss_f32(dmin));
             p.corr[i] = -128 * corr;
             p.sc[i * 16..i * 16 + 16].copy_from_slice(&sc);
             for pair in 0..8 {
