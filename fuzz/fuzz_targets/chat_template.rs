@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelhost_core::template::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES};
+use modelhost_core::text::template::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES};
 
 /// `ChatTemplate` catches minijinja's panics (constant folding `'x' * 10**20` overflows a capacity) and
 /// turns them into errors; libfuzzer-sys's panic hook would abort on those before they are caught. A

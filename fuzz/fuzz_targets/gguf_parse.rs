@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use modelhost_core::gguf;
+use modelhost_core::formats::gguf;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz.gguf");

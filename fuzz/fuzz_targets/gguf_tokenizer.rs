@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use modelhost_core::{gguf, tokenizer::GgufTokenizer};
+use modelhost_core::{formats::gguf, text::GgufTokenizer};
 
 const TEXT: &str = "Hello, world! <|im_start|>user\n  Ünïcødé 🦀 1234 \t\n<0x41> ▁x</s>";
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use modelhost_core::safetensors;
+use modelhost_core::formats::safetensors;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(header) = safetensors::parse(data, Path::new("fuzz.safetensors")) {

@@ -86,14 +86,49 @@ def _check_progress(callback: object) -> Callable[[float], object] | None:
     return callback
 
 
+class _HandleFactory:
+    """Wraps core instances in handles, and reports the first time an instance is seen a GPU placement it could not
+    honour (a ``PlacementWarning``, attributed to the user's call)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._placement_checked: set[str] = set()
+
+    def wrap(self, instance: _core.Instance, handle_type: type[_H]) -> _H:
+        """A handle of ``handle_type`` on ``instance``."""
+        reference = instance.instance_reference
+        if reference not in self._placement_checked:
+            with self._lock:
+                first = reference not in self._placement_checked
+                self._placement_checked.add(reference)
+            if first:
+                try:
+                    message = instance.info().get("placement_warning")
+                except ModelUnloadedError:  # evicted or unloaded by another thread meanwhile
+                    message = None
+                if message:
+                    warnings.warn(str(message), PlacementWarning, stacklevel=_caller_stacklevel())
+        return handle_type(instance)
+
+    def wrap_any(self, instance: _core.Instance) -> AnyModelHandle:
+        """A handle of the instance's kind."""
+        if instance.kind == "llm":
+            return self.wrap(instance, LLM)
+        return self.wrap(instance, EmbeddingModel)
+
+
 class _Namespace(Generic[_H, _C]):
-    """Operations on one kind of model; ``client.llm`` and ``client.embedding`` are the two instances."""
+    """Operations on one kind of model; ``client.llm`` and ``client.embedding`` are the two instances.
+
+    It holds what it works with, the core host and the client's handle factory, not the client.
+    """
 
     _kind: str
     _handle_type: type[_H]
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, host: _core.Host, handles: _HandleFactory) -> None:
+        self._host = host
+        self._handles = handles
 
     def model(
         self,
@@ -128,14 +163,14 @@ class _Namespace(Generic[_H, _C]):
             InsufficientMemoryError: The load does not fit the memory budget.
         """
         core_config = load_config_to_core(config, self._kind)
-        instance = self._client._host.model(
+        instance = self._host.model(
             self._kind,
             None if key is None else _check_key(key),
             _check_ttl(ttl),
             core_config,
             _check_progress(on_load_progress),
         )
-        return self._client._wrap(instance, self._handle_type)
+        return self._handles.wrap(instance, self._handle_type)
 
     def load_new_instance(
         self,
@@ -165,14 +200,14 @@ class _Namespace(Generic[_H, _C]):
         """
         identifier = None if instance_identifier is None else _check_key(instance_identifier, "instance_identifier")
         core_config = load_config_to_core(config, self._kind)
-        instance = self._client._host.load_new_instance(
+        instance = self._host.load_new_instance(
             self._kind, _check_key(key), identifier, _check_ttl(ttl), core_config, _check_progress(on_load_progress)
         )
-        return self._client._wrap(instance, self._handle_type)
+        return self._handles.wrap(instance, self._handle_type)
 
     def list_loaded(self) -> list[_H]:
         """Handles on every loaded instance of this kind."""
-        return [self._client._wrap(i, self._handle_type) for i in self._client._host.list_loaded(self._kind)]
+        return [self._handles.wrap(i, self._handle_type) for i in self._host.list_loaded(self._kind)]
 
     def unload(self, key_or_identifier: str) -> None:
         """Unload an instance, by identifier (or by model key: its instances).
@@ -180,7 +215,7 @@ class _Namespace(Generic[_H, _C]):
         Raises:
             ModelNotFoundError: Nothing loaded answers to it.
         """
-        self._client._host.unload(self._kind, _check_key(key_or_identifier))
+        self._host.unload(self._kind, _check_key(key_or_identifier))
 
     def estimate(self, key: str, config: _C | Mapping[str, Any] | None = None) -> MemoryEstimate:
         """The memory a load of ``key`` with ``config`` would take (what the memory budget checks), without loading.
@@ -189,14 +224,14 @@ class _Namespace(Generic[_H, _C]):
             ModelNotFoundError, ModelLoadError, InvalidConfigError: As for :meth:`model`.
         """
         core_config = load_config_to_core(config, self._kind)
-        return MemoryEstimate._from_core(self._client._host.estimate(self._kind, _check_key(key), core_config))
+        return MemoryEstimate._from_core(self._host.estimate(self._kind, _check_key(key), core_config))
 
     def list_downloaded(self) -> list[DownloadedModel]:
         """The models of this kind in the models directory."""
-        return self._client.list_downloaded_models(self._kind)
+        return [DownloadedModel._from_core(entry, self) for entry in self._host.list_downloaded(self._kind)]
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} of {self._client!r}>"
+        return f"<{type(self).__name__} of models_dir={self._host.models_dir!r}>"
 
 
 class LlmNamespace(_Namespace[LLM, LlmLoadModelConfig]):
@@ -248,36 +283,14 @@ class Client:
             raise TypeError(f"auto_evict must be a bool, got {type(auto_evict).__name__}")
         directory = default_models_dir() if models_dir is None else Path(os.fspath(models_dir)).expanduser()
         self._host = _core.Host(str(directory), memory_budget, max_loaded, auto_evict)
-        self._warned_lock = threading.Lock()
-        self._placement_checked: set[str] = set()
-        self.llm = LlmNamespace(self)
-        self.embedding = EmbeddingNamespace(self)
+        self._handles = _HandleFactory()
+        self.llm = LlmNamespace(self._host, self._handles)
+        self.embedding = EmbeddingNamespace(self._host, self._handles)
 
     @property
     def models_dir(self) -> str:
         """The models directory."""
         return self._host.models_dir
-
-    def _wrap(self, instance: _core.Instance, handle_type: type[_H]) -> _H:
-        """A handle on a core instance; the first time an instance is seen, report a placement it could not honour."""
-        reference = instance.instance_reference
-        if reference not in self._placement_checked:
-            with self._warned_lock:
-                first = reference not in self._placement_checked
-                self._placement_checked.add(reference)
-            if first:
-                try:
-                    message = instance.info().get("placement_warning")
-                except ModelUnloadedError:  # evicted or unloaded by another thread meanwhile
-                    message = None
-                if message:
-                    warnings.warn(str(message), PlacementWarning, stacklevel=_caller_stacklevel())
-        return handle_type(instance)
-
-    def _wrap_any(self, instance: _core.Instance) -> AnyModelHandle:
-        if instance.kind == "llm":
-            return self._wrap(instance, LLM)
-        return self._wrap(instance, EmbeddingModel)
 
     def list_downloaded_models(self, kind: str | None = None) -> list[DownloadedModel]:
         """The models in the models directory, from their headers only (nothing is loaded).
@@ -286,7 +299,10 @@ class Client:
             kind: "llm", "embedding" or None for both.
         """
         entries = self._host.list_downloaded(_check_kind(kind))
-        return [DownloadedModel._from_core(entry, self) for entry in entries]
+        return [
+            DownloadedModel._from_core(entry, self.llm if entry.get("type") == "llm" else self.embedding)
+            for entry in entries
+        ]
 
     def list_loaded_models(self, kind: str | None = None) -> list[AnyModelHandle]:
         """Handles on the loaded instances.
@@ -294,7 +310,7 @@ class Client:
         Args:
             kind: "llm", "embedding" or None for both.
         """
-        return [self._wrap_any(i) for i in self._host.list_loaded(_check_kind(kind))]
+        return [self._handles.wrap_any(i) for i in self._host.list_loaded(_check_kind(kind))]
 
     def close(self) -> None:
         """Unload everything and stop the TTL thread. Closing twice is a no-op."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .config import DEFAULT_TTL
 
 if TYPE_CHECKING:
-    from .client import Client
     from .config import AnyLoadConfig
     from .handles import AnyModelHandle
 
@@ -99,6 +98,31 @@ class EmbeddingModelInstanceInfo(ModelInstanceInfo):
     """Instance info of a loaded embedding model."""
 
 
+class _ModelLoader(Protocol):
+    """What a :class:`DownloadedModel` loads itself with: the namespace of its kind (``client.llm`` or
+    ``client.embedding``)."""
+
+    def model(
+        self,
+        key: str | None = None,
+        /,
+        *,
+        ttl: float | None = ...,
+        config: Any = ...,
+        on_load_progress: Any = ...,
+    ) -> Any: ...
+
+    def load_new_instance(
+        self,
+        key: str,
+        instance_identifier: str | None = None,
+        *,
+        ttl: float | None = ...,
+        config: Any = ...,
+        on_load_progress: Any = ...,
+    ) -> Any: ...
+
+
 @dataclass(frozen=True)
 class DownloadedModel:
     """A model in the models directory, described from its headers without loading it.
@@ -130,16 +154,16 @@ class DownloadedModel:
     max_context_length: int | None = None
     display_name: str = ""
     vision: bool = False
-    _client: Client | None = field(default=None, repr=False, compare=False)
+    _loader: _ModelLoader | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def _from_core(cls, data: Mapping[str, Any], client: Client) -> DownloadedModel:
-        return _from_mapping(cls, data, _client=client)
+    def _from_core(cls, data: Mapping[str, Any], loader: _ModelLoader) -> DownloadedModel:
+        return _from_mapping(cls, data, _loader=loader)
 
-    def _namespace_client(self) -> Client:
-        if self._client is None:
+    def _attached_loader(self) -> _ModelLoader:
+        if self._loader is None:
             raise RuntimeError("this DownloadedModel is not attached to a client")
-        return self._client
+        return self._loader
 
     def model(
         self,
@@ -149,9 +173,9 @@ class DownloadedModel:
         on_load_progress: Any = None,
     ) -> AnyModelHandle:
         """Get a loaded instance of this model, loading it if there is none (``client.<kind>.model(key)``)."""
-        client = self._namespace_client()
-        namespace = client.llm if self.type == "llm" else client.embedding
-        return namespace.model(self.model_key, ttl=ttl, config=config, on_load_progress=on_load_progress)  # type: ignore[arg-type]
+        loader = self._attached_loader()
+        handle: AnyModelHandle = loader.model(self.model_key, ttl=ttl, config=config, on_load_progress=on_load_progress)
+        return handle
 
     def load_new_instance(
         self,
@@ -162,15 +186,11 @@ class DownloadedModel:
         on_load_progress: Any = None,
     ) -> AnyModelHandle:
         """Load a new instance of this model (``client.<kind>.load_new_instance(key)``)."""
-        client = self._namespace_client()
-        namespace = client.llm if self.type == "llm" else client.embedding
-        return namespace.load_new_instance(
-            self.model_key,
-            instance_identifier,
-            ttl=ttl,
-            config=config,  # type: ignore[arg-type]
-            on_load_progress=on_load_progress,
+        loader = self._attached_loader()
+        handle: AnyModelHandle = loader.load_new_instance(
+            self.model_key, instance_identifier, ttl=ttl, config=config, on_load_progress=on_load_progress
         )
+        return handle
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::llm::PredictionConfig;
-use crate::placement::{GpuConfig, SplitStrategy};
+use crate::host::placement::{GpuConfig, SplitStrategy};
+use crate::models::PredictionConfig;
 
 /// Prompt chunk size when none is given (llama.cpp's `n_batch` default).
 pub const DEFAULT_EVAL_BATCH_SIZE: usize = 512;

@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use modelhost_core::gguf::{self, writer, Value};
-use modelhost_core::safetensors;
-use modelhost_core::template::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES};
-use modelhost_core::tokenizer::GgufTokenizer;
+use modelhost_core::formats::gguf::{self, Value};
+use modelhost_core::formats::gguf_writer as writer;
+use modelhost_core::formats::safetensors;
+use modelhost_core::text::template::{ChatMessage, ChatTemplate, MAX_OUTPUT_BYTES};
+use modelhost_core::text::GgufTokenizer;
 use modelhost_core::Error;
 use proptest::prelude::*;
 
@@ -478,30 +479,30 @@ proptest! {
 /// stale mapping (whose lost pages would raise SIGBUS); the old mapping stays valid for its holder.
 #[test]
 fn changed_file_is_mapped_afresh() {
-    use modelhost_core::weights::{self, FileBytes};
+    use modelhost_core::storage::{self, FileBytes};
     let dir = std::env::temp_dir().join(format!("mh-hostile-map-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("m.gguf");
     std::fs::write(&path, vec![7u8; 1 << 16]).unwrap();
-    let first = weights::map_shared(&path).unwrap();
-    let again = weights::map_shared(&path).unwrap();
+    let first = storage::map_shared(&path).unwrap();
+    let again = storage::map_shared(&path).unwrap();
     assert!(std::sync::Arc::ptr_eq(&first, &again), "an unchanged file shares its mapping");
     drop(again);
-    let count = weights::mapped_file_count();
+    let count = storage::mapped_file_count();
 
     std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1024).unwrap();
-    let second = FileBytes::Mapped(weights::map_shared(&path).unwrap());
+    let second = FileBytes::Mapped(storage::map_shared(&path).unwrap());
     assert_eq!(second.as_slice().len(), 1024, "the truncated file was not mapped afresh");
-    assert!(weights::check_unchanged(&FileBytes::Mapped(first.clone())).is_err());
-    assert_eq!(weights::mapped_file_count(), count + 1, "both mappings are alive and counted");
+    assert!(storage::check_unchanged(&FileBytes::Mapped(first.clone())).is_err());
+    assert_eq!(storage::mapped_file_count(), count + 1, "both mappings are alive and counted");
 
     // Replaced by a new file of the same length (a rename over it): a new inode, mapped afresh.
     let tmp = dir.join("m.tmp");
     std::fs::write(&tmp, vec![9u8; 1024]).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    let third = FileBytes::Mapped(weights::map_shared(&path).unwrap());
+    let third = FileBytes::Mapped(storage::map_shared(&path).unwrap());
     assert_eq!(third.as_slice()[0], 9, "a replaced file was served from the old mapping");
     drop((first, second, third));
-    assert_eq!(weights::mapped_file_count(), count - 1);
+    assert_eq!(storage::mapped_file_count(), count - 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }

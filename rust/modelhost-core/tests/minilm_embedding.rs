@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use modelhost_core::embedding::{inspect, EmbeddingLoadOptions, EmbeddingModel};
-use modelhost_core::weights::{self, Progress};
+use modelhost_core::models::bert::{inspect, EmbeddingLoadOptions, EmbeddingModel};
+use modelhost_core::storage::{self, Progress};
 use modelhost_core::{BoxError, Error};
 
 const MODEL_KEY: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -144,9 +144,9 @@ fn shorter_context_truncates() {
 fn inspect_reads_headers_only() {
     let _g = serial();
     let Some(dir) = model_dir() else { return };
-    let before = weights::mapped_file_count();
+    let before = storage::mapped_file_count();
     let info = inspect(&dir).unwrap();
-    assert_eq!(weights::mapped_file_count(), before);
+    assert_eq!(storage::mapped_file_count(), before);
     assert_eq!((info.architecture.as_str(), info.dim, info.max_seq_length), ("bert", 384, 256));
     assert_eq!(info.dtype, "F32");
     assert_eq!(info.weights_bytes, std::fs::metadata(dir.join("model.safetensors")).unwrap().len());
@@ -159,19 +159,19 @@ fn try_mmap_false_gives_identical_vectors() {
     let _g = serial();
     let Some(dir) = model_dir() else { return };
     let texts = ["This is a test sentence.", "", "Café au lait", "A man is eating food."];
-    let before = weights::mapped_file_count();
+    let before = storage::mapped_file_count();
     let owned = load(&dir, false);
     assert!(owned.mapped_file().is_none());
-    assert_eq!(weights::mapped_file_count(), before);
+    assert_eq!(storage::mapped_file_count(), before);
     let mapped = load(&dir, true);
     assert!(mapped.mapped_file().is_some());
-    assert_eq!(weights::mapped_file_count(), before + 1);
+    assert_eq!(storage::mapped_file_count(), before + 1);
     assert_eq!(owned.embed(&texts).unwrap(), mapped.embed(&texts).unwrap());
     // A second load shares the mapping; it goes with the last user.
     let again = load(&dir, true);
     assert!(std::sync::Arc::ptr_eq(again.mapped_file().unwrap(), mapped.mapped_file().unwrap()));
     drop((mapped, again));
-    assert_eq!(weights::mapped_file_count(), before);
+    assert_eq!(storage::mapped_file_count(), before);
 }
 
 #[test]
@@ -192,7 +192,7 @@ fn progress_is_monotone_and_a_failing_callback_cancels() {
         assert!(seen.len() >= 10, "{try_mmap}: only {} progress calls", seen.len());
         assert!(seen.windows(2).all(|w| w[1] > w[0]) && seen.iter().all(|v| (0.0..1.0).contains(v)), "{seen:?}");
 
-        let before = weights::mapped_file_count();
+        let before = storage::mapped_file_count();
         let mut calls = 0;
         let mut cb = |v: f32| -> Result<(), BoxError> {
             calls += 1;
@@ -207,7 +207,7 @@ fn progress_is_monotone_and_a_failing_callback_cancels() {
         let err = EmbeddingModel::load(&dir, &opts, &mut progress).unwrap_err();
         assert!(matches!(err, Error::Cancelled(_)), "{err}");
         assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "stop");
-        assert_eq!(weights::mapped_file_count(), before, "a cancelled load leaves nothing mapped");
+        assert_eq!(storage::mapped_file_count(), before, "a cancelled load leaves nothing mapped");
     }
 }
 
@@ -237,10 +237,10 @@ fn damaged_copy(dir: &Path, name: &str, file: &str, contents: &[u8]) -> PathBuf 
 }
 
 fn load_error(dir: &Path) -> (PathBuf, String) {
-    let before = weights::mapped_file_count();
+    let before = storage::mapped_file_count();
     let opts = EmbeddingLoadOptions { try_mmap: true, context_length: None };
     let err = EmbeddingModel::load(dir, &opts, &mut Progress::new(None)).unwrap_err();
-    assert_eq!(weights::mapped_file_count(), before);
+    assert_eq!(storage::mapped_file_count(), before);
     match err {
         Error::ModelLoad { path, reason } => (path, reason),
         other => panic!("not a load error: {other}"),
@@ -296,7 +296,7 @@ fn damaged_files_name_the_file() {
 fn fast_wordpiece_tokenizer_matches_tokenizers() {
     let Some(dir) = model_dir() else { return };
     let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
-    let ours = modelhost_core::wordpiece::load(&bytes).expect("MiniLM's tokenizer takes the fast path");
+    let ours = modelhost_core::text::wordpiece::load(&bytes).expect("MiniLM's tokenizer takes the fast path");
     let mut theirs = tokenizers::Tokenizer::from_bytes(&bytes).unwrap();
     // The file's own padding and truncation (to 128) are not part of the fast path: `embedding` sets its own.
     theirs.with_padding(None).with_truncation(None).unwrap();

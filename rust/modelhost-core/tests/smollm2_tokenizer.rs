@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use modelhost_core::gguf::{parse, GgufHeader, Value};
-use modelhost_core::template::{ChatMessage, ChatTemplate};
-use modelhost_core::tokenizer::GgufTokenizer;
+use modelhost_core::formats::gguf::{parse, GgufHeader, Value};
+use modelhost_core::text::template::{ChatMessage, ChatTemplate};
+use modelhost_core::text::GgufTokenizer;
 use modelhost_core::Error;
 use serde_json::Value as Json;
 

@@ -1,6 +1,6 @@
 //! Plain data between Python and the core: dicts/lists/scalars ↔ `serde_json::Value`.
 
-use modelhost_core::gguf::{GgufHeader, Value as GValue};
+use modelhost_core::formats::gguf::{GgufHeader, Value as GValue};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -94,7 +94,7 @@ pub fn header_to_py(py: Python<'_>, h: &GgufHeader) -> PyResult<Py<PyAny>> {
         let td = PyDict::new(py);
         td.set_item("name", &t.name)?;
         td.set_item("dims", &t.dims)?;
-        td.set_item("dtype", modelhost_core::gguf::dtype_name(t.dtype))?;
+        td.set_item("dtype", modelhost_core::formats::gguf::dtype_name(t.dtype))?;
         td.set_item("offset", t.offset)?;
         td.set_item("size", t.size)?;
         tensors.append(td)?;

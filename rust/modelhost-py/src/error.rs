@@ -67,7 +67,8 @@ impl From<PyModelHostError> for PyErr {
     }
 }
 
-pub type PyResult2<T> = Result<T, PyModelHostError>;
+/// A result whose error is a core error or a Python one, converted to Python on the way out.
+pub type PyModelHostResult<T> = Result<T, PyModelHostError>;
 
 /// `.wrap()` turns a core result into a Python one.
 pub trait WrapErr<T> {

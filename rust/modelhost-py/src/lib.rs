@@ -9,25 +9,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use modelhost_core::catalog::{CatalogEntry, ModelKind};
-use modelhost_core::config::LoadConfig;
-use modelhost_core::instances::{Generation, Host, HostOptions, InstanceHandle, LoadRequest, Prompt};
-use modelhost_core::template::ChatMessage;
-use modelhost_core::weights::Progress;
-use modelhost_core::{BoxError, Error};
+use modelhost_core::{
+    BoxError, CatalogEntry, ChatMessage, Error, Generation, Host, HostOptions, InstanceHandle, LoadConfig, LoadRequest,
+    ModelKind, Progress, Prompt,
+};
 use numpy::{ndarray::Array2, PyArray2};
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::convert::{from_py, to_py};
-use crate::error::{PyResult2, WrapErr};
+use crate::error::{PyModelHostResult, WrapErr};
 
-fn kind(s: &str) -> PyResult2<ModelKind> {
+fn kind(s: &str) -> PyModelHostResult<ModelKind> {
     Ok(ModelKind::parse(s)?)
 }
 
-fn ttl(seconds: Option<f64>) -> PyResult2<Option<Duration>> {
+fn ttl(seconds: Option<f64>) -> PyModelHostResult<Option<Duration>> {
     match seconds {
         None => Ok(None),
         Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
@@ -346,13 +344,13 @@ impl PyGeneration {
 /// How many distinct model files are memory-mapped right now.
 #[pyfunction]
 fn mapped_file_count() -> usize {
-    modelhost_core::weights::mapped_file_count()
+    modelhost_core::storage::mapped_file_count()
 }
 
 /// Parse and validate a GGUF header (metadata arrays elided).
 #[pyfunction]
 fn parse_gguf_header(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyAny>> {
-    let header = py.detach(|| modelhost_core::gguf::read_summary(&path)).wrap()?;
+    let header = py.detach(|| modelhost_core::formats::gguf::read_summary(&path)).wrap()?;
     convert::header_to_py(py, &header)
 }
 

@@ -10,7 +10,7 @@ use super::act::{ActRow, LayerInput};
 use super::blocks::dequantize_row;
 use super::dispatch::{Isa, RowKernel};
 use super::types::{ActFormat, WeightType};
-use crate::weights::MappedFile;
+use crate::storage::MappedFile;
 
 /// Weight rows per rayon task of the row-parallel path. Rayon, not a spinning barrier pool: a barrier
 /// pool collapses when another process takes a core (its workers spin while the thread holding the

@@ -20,7 +20,7 @@ const LEN_BYTES: usize = 8;
 /// The largest JSON header accepted (the safetensors crate's `MAX_HEADER_SIZE`).
 pub const MAX_HEADER_BYTES: usize = 100_000_000;
 /// The key of the free-form string-to-string metadata in the header.
-const METADATA_KEY: &str = "__metadata__";
+pub(crate) const METADATA_KEY: &str = "__metadata__";
 
 /// Element types of the safetensors format.
 #[allow(non_camel_case_types)]
@@ -219,7 +219,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<SafetensorsHeader> {
 /// file's length: for catalog listings, which must not touch the weights.
 pub fn parse_file_header(path: &Path) -> Result<SafetensorsHeader> {
     use std::io::Read;
-    let (mut file, file_len) = crate::weights::open_model_file(path)?;
+    let (mut file, file_len) = crate::storage::open_model_file(path)?;
     let mut len_bytes = [0u8; LEN_BYTES];
     if file_len < LEN_BYTES as u64 {
         return Err(Error::load(path, too_small(file_len as usize)));
@@ -394,50 +394,10 @@ impl<'de> Deserialize<'de> for RawHeader {
     }
 }
 
-/// Writes small safetensors files; used by tests here, in the embedding tests and by fuzzing.
-pub mod writer {
-    use super::Dtype;
-
-    /// Serialise tensors (name, dtype, shape, raw little-endian data) and string metadata, in the order
-    /// given, padding the header with spaces to a multiple of 8 bytes as the reference writer does.
-    pub fn write(tensors: &[(&str, Dtype, &[usize], &[u8])], metadata: &[(&str, &str)]) -> Vec<u8> {
-        let mut header = serde_json::Map::new();
-        if !metadata.is_empty() {
-            let m = metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
-            header.insert(super::METADATA_KEY.to_string(), serde_json::Value::Object(m));
-        }
-        let mut offset = 0usize;
-        for (name, dtype, shape, data) in tensors {
-            let entry = serde_json::json!({
-                "dtype": dtype.name(),
-                "shape": shape,
-                "data_offsets": [offset, offset + data.len()],
-            });
-            header.insert(name.to_string(), entry);
-            offset += data.len();
-        }
-        let mut json = serde_json::to_string(&header).unwrap_or_default().into_bytes();
-        while !json.len().is_multiple_of(8) {
-            json.push(b' ');
-        }
-        let mut out = (json.len() as u64).to_le_bytes().to_vec();
-        out.extend(json);
-        for (_, _, _, data) in tensors {
-            out.extend_from_slice(data);
-        }
-        out
-    }
-
-    /// Little-endian bytes of f32 values.
-    pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::writer::{f32_bytes, write};
     use super::*;
+    use crate::formats::safetensors_writer::{f32_bytes, write};
 
     fn sample() -> Vec<u8> {
         let a = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::embedding;
 use crate::error::{Error, Result};
-use crate::gguf::{self, Value};
-use crate::llm;
+use crate::formats::gguf::{self, Value};
+use crate::models::bert;
 
 /// How many close matches a "not found" error lists.
 const SUGGESTIONS: usize = 3;
@@ -185,7 +184,7 @@ fn is_alias(alias: &str, key: &str) -> bool {
 fn describe_gguf(c: &Candidate, size: u64) -> Result<CatalogEntry> {
     let h = gguf::read_summary(&c.path)?;
     let arch = h.get("general.architecture").and_then(Value::as_str).unwrap_or("unknown").to_string();
-    let (params, quantization) = llm::describe(&h);
+    let (params, quantization) = (h.param_count(), h.quantization());
     let max_ctx = h.arch_get("context_length").and_then(Value::as_u64).unwrap_or(0) as usize;
     let template = h.get("tokenizer.chat_template").and_then(Value::as_str).unwrap_or("");
     Ok(CatalogEntry {
@@ -220,7 +219,7 @@ fn describe(c: &Candidate) -> Result<CatalogEntry> {
             describe_gguf(c, size)
         }
         Some(ModelFormat::Safetensors) => {
-            let info = embedding::inspect(&c.path).map_err(|e| e.with_path(&c.path))?;
+            let info = bert::inspect(&c.path).map_err(|e| e.with_path(&c.path))?;
             let size = std::fs::metadata(&info.weights_path).map(|m| m.len()).unwrap_or(info.weights_bytes);
             Ok(CatalogEntry {
                 model_key: c.key.clone(),

@@ -8,255 +8,31 @@
 //!   and pieces missing from the vocabulary fall back to `<0xXX>` byte tokens.
 //!
 //! llama.cpp also derives things from the token texts (end-of-generation tokens, FIM tokens, which
-//! tokens count as control tokens); that is reproduced here rule for rule, see `detect_special`.
+//! tokens count as control tokens); that is reproduced here rule for rule, see `gguf_vocab::detect_special`.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
 
-use tokenizers::models::bpe::{Merges, Vocab, BPE};
-use tokenizers::utils::SysRegex;
-use tokenizers::Model as _;
-
+use super::bpe::{pre_tokenizer, ByteLevelBpe, PreTokenizer, GPT2_PATTERN};
+use super::gguf_vocab::{
+    append_piece, attr_from_type, detect_special, integer, read_tokens, Meta, SpecialIds, ATTR_CONTROL, ATTR_NORMAL,
+    ATTR_UNKNOWN, ATTR_USER_DEFINED,
+};
+use super::spm::SentencePiece;
 use crate::error::{Error, Result};
-use crate::gguf::{GgufHeader, Value};
+use crate::formats::gguf::GgufHeader;
 
-/// Vocabularies larger than this are refused (the largest real ones have ~260k tokens); ids must
-/// also stay below `i32::MAX`, llama.cpp's token type.
-const MAX_VOCAB: usize = 1 << 24;
-
-// Token attributes, llama.h `llama_token_attr` (a bit set).
-const ATTR_UNKNOWN: u16 = 1 << 0;
-const ATTR_UNUSED: u16 = 1 << 1;
-const ATTR_NORMAL: u16 = 1 << 2;
-const ATTR_CONTROL: u16 = 1 << 3;
-const ATTR_USER_DEFINED: u16 = 1 << 4;
-const ATTR_BYTE: u16 = 1 << 5;
-
-/// Any integer metadata value as an `i64` (u64 values past `i64::MAX` saturate).
-fn integer(v: &Value) -> Option<i64> {
-    Some(match *v {
-        Value::U8(x) => x.into(),
-        Value::I8(x) => x.into(),
-        Value::U16(x) => x.into(),
-        Value::I16(x) => x.into(),
-        Value::U32(x) => x.into(),
-        Value::I32(x) => x.into(),
-        Value::U64(x) => i64::try_from(x).unwrap_or(i64::MAX),
-        Value::I64(x) => x,
-        _ => return None,
-    })
-}
-
-/// `tokenizer.ggml.token_type` values, llama.h `llama_token_type`, mapped to attributes.
-fn attr_from_type(token_type: i64) -> u16 {
-    match token_type {
-        1 => ATTR_NORMAL,
-        2 => ATTR_UNKNOWN,
-        3 => ATTR_CONTROL,
-        4 => ATTR_USER_DEFINED,
-        5 => ATTR_UNUSED,
-        6 => ATTR_BYTE,
-        // 0 (undefined) and anything unknown: llama.cpp maps both to LLAMA_TOKEN_ATTR_UNDEFINED.
-        _ => 0,
-    }
-}
-
-// Token texts llama.cpp's `llama_vocab::impl::load` recognises (same order, same lists).
-const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "<｜end▁of▁sentence｜>",
-    "<end_of_utterance>",
-];
-const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
-const FIM_PRE_TEXTS: &[&str] = &[
-    "<|fim_prefix|>",
-    "<fim-prefix>",
-    "<fim_prefix>",
-    "<｜fim▁begin｜>",
-    "<PRE>",
-    "▁<PRE>",
-    "<|code_prefix|>",
-    "<|prefix|>",
-];
-const FIM_SUF_TEXTS: &[&str] = &[
-    "<|fim_suffix|>",
-    "<fim-suffix>",
-    "<fim_suffix>",
-    "<｜fim▁hole｜>",
-    "<SUF>",
-    "▁<SUF>",
-    "<|code_suffix|>",
-    "<|suffix|>",
-];
-const FIM_MID_TEXTS: &[&str] = &[
-    "<|fim_middle|>",
-    "<fim-middle>",
-    "<fim_middle>",
-    "<｜fim▁end｜>",
-    "<MID>",
-    "▁<MID>",
-    "<|code_middle|>",
-    "<|middle|>",
-];
-const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
-const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<|return|>",
-    "<|call|>",
-    "<|flush|>",
-    "<|calls|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "</s>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "[EOS]",
-    "<|end_of_text|>",
-    "<end_of_utterance>",
-    "<eos>",
-    "<turn|>",
-    "<|tool_response>",
-    "<｜end▁of▁sentence｜>",
-    "[e~[",
-];
-/// gpt-oss tokens that llama.cpp always renders (forced to user-defined).
-const ALWAYS_RENDERED_TEXTS: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
-
-// Pre-tokenizer regexes. llama.cpp runs the GPT-2 and Llama-3 patterns through hand-written
-// matchers (`unicode_regex_split_custom_gpt2/llama3`) whose behaviour is exactly that of the
-// patterns below with the trailing `|\s+` alternative that HF's tokenizers also use; the other
-// patterns it runs through std::regex unchanged. Every pattern splits "isolated": matches and the
-// text between them both become pieces, and each pattern splits the pieces of the previous one.
-const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-/// llama.cpp's ASCII-only spelling of `(?i:'s|…)`: Unicode case folding would also match `'ſ`.
-const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const DEFAULT_PATTERNS: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]"];
-const SMOLLM_PATTERNS: &[&str] = &[r"\p{N}", GPT2_PATTERN];
-
-/// A compiled pre-tokenizer regex, shared by every tokenizer in the process: compiling the
-/// Unicode classes costs milliseconds, and every GPT-2-style model uses the same few patterns.
-fn compiled(pattern: &'static str) -> Result<&'static SysRegex> {
-    static CACHE: OnceLock<Mutex<HashMap<&'static str, &'static SysRegex>>> = OnceLock::new();
-    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(re) = cache.get(pattern) {
-        return Ok(re);
-    }
-    let re =
-        SysRegex::new(pattern).map_err(|e| Error::NotSupported(format!("pre-tokenizer regex {pattern:?}: {e}")))?;
-    // Leaked on purpose: at most one per distinct pattern (a handful of constants), kept for the
-    // life of the process.
-    let re: &'static SysRegex = Box::leak(Box::new(re));
-    cache.insert(pattern, re);
-    Ok(re)
-}
-
-/// How a `tokenizer.ggml.pre` value tokenizes (llama.cpp `llama_vocab_pre_type` and its flags).
-struct PreTokenizer {
-    patterns: &'static [&'static str],
-    /// A whole pre-token that is in the vocabulary is emitted as is, without merging.
-    ignore_merges: bool,
-    /// The default of `tokenizer.ggml.add_bos_token`.
-    add_bos: bool,
-}
-
-/// The pre-tokenizer for a `tokenizer.ggml.pre` value; `None` when llama.cpp knows no such name.
-fn pre_tokenizer(pre: Option<&str>) -> Option<PreTokenizer> {
-    let p = |patterns, ignore_merges, add_bos| Some(PreTokenizer { patterns, ignore_merges, add_bos });
-    match pre.unwrap_or("default") {
-        "default" => p(DEFAULT_PATTERNS, false, false),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
-        | "jina-v5-nano" => p(std::slice::from_ref(&LLAMA3_PATTERN), true, true),
-        "dbrx" | "smaug-bpe" => p(std::slice::from_ref(&LLAMA3_PATTERN), false, false),
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
-            p(SMOLLM_PATTERNS, false, false)
-        }
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0" | "mellum"
-        | "modern-bert" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" | "exaone4" | "jina-v1-en"
-        | "jina-v2-code" | "roberta-bpe" => p(std::slice::from_ref(&GPT2_PATTERN), false, false),
-        _ => None,
-    }
-}
-
-/// GPT-2's byte-to-character table: printable Latin-1 bytes map to themselves, the other 68 bytes
-/// to U+0100.. in byte order, so every byte sequence becomes printable text.
-const BYTE_TO_CHAR: [char; 256] = {
-    let mut table = ['\0'; 256];
-    let mut extra = 0u32;
-    let mut b = 0u32;
-    while b < 256 {
-        let printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-        let c = if printable {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        table[b as usize] = match char::from_u32(c) {
-            Some(c) => c,
-            None => panic!("byte table holds only valid characters"),
-        };
-        b += 1;
-    }
-    table
-};
-
-/// The bytes `BYTE_TO_CHAR` maps to U+0100.., in order.
-const REMAPPED_BYTES: [u8; 68] = {
-    let mut bytes = [0u8; 68];
-    let mut b = 0;
-    while b < 256 {
-        let c = BYTE_TO_CHAR[b] as u32;
-        if c >= 0x100 {
-            bytes[(c - 0x100) as usize] = b as u8;
-        }
-        b += 1;
-    }
-    bytes
-};
-
-/// The inverse of `BYTE_TO_CHAR` (llama.cpp `unicode_utf8_to_byte`).
-fn char_to_byte(c: char) -> Option<u8> {
-    let c = u32::from(c);
-    match c {
-        0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF => Some(c as u8),
-        0x100..=0x143 => Some(REMAPPED_BYTES[(c - 0x100) as usize]),
-        _ => None,
-    }
-}
-
-/// The vocabulary-type specific half of the tokenizer.
-enum Kind {
+/// The vocabulary-type specific half of the tokenizer: how a text segment becomes ids.
+enum Algorithm {
     /// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`).
-    Bpe { bpe: Box<BPE>, splits: Vec<&'static SysRegex> },
+    ByteLevelBpe(ByteLevelBpe),
     /// SentencePiece BPE (`tokenizer.ggml.model = "llama"`).
-    Spm {
-        token_to_id: HashMap<String, u32>,
-        scores: Vec<f32>,
-        /// The token for each byte: `<0xXX>`, else the byte itself as a one-character token.
-        byte_tokens: Box<[Option<u32>; 256]>,
-        add_space_prefix: bool,
-    },
+    SentencePiece(SentencePiece),
 }
 
 /// A GGUF model's tokenizer. Immutable, `Send + Sync`; build once per model.
 pub struct GgufTokenizer {
-    kind: Kind,
+    algorithm: Algorithm,
     /// Token texts as stored (empty ones renamed `[EMPTY_<id>]`, as llama.cpp does).
     texts: Vec<String>,
     attrs: Vec<u16>,
@@ -280,9 +56,9 @@ impl fmt::Debug for GgufTokenizer {
         f.debug_struct("GgufTokenizer")
             .field(
                 "model",
-                &match self.kind {
-                    Kind::Bpe { .. } => "gpt2",
-                    Kind::Spm { .. } => "llama",
+                &match self.algorithm {
+                    Algorithm::ByteLevelBpe(_) => "gpt2",
+                    Algorithm::SentencePiece(_) => "llama",
                 },
             )
             .field("vocab_size", &self.texts.len())
@@ -296,78 +72,11 @@ impl fmt::Debug for GgufTokenizer {
 }
 
 /// A piece of the input after special tokens are split out.
-enum Fragment {
+enum Segment {
     /// A byte range of the input still to be tokenized.
     Text(usize, usize),
     /// A special token written in the text.
     Token(u32),
-}
-
-/// Typed access to `tokenizer.ggml.*` keys, every failure a `ModelLoad` error naming the key.
-struct Meta<'a> {
-    header: &'a GgufHeader,
-    path: &'a Path,
-}
-
-impl<'a> Meta<'a> {
-    fn err(&self, reason: impl Into<String>) -> Error {
-        Error::load(self.path, reason)
-    }
-
-    fn str(&self, key: &str) -> Result<Option<&'a str>> {
-        match self.header.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| self.err(format!("{key} is not a string"))),
-        }
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.header.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.err(format!("{key} is not a bool"))),
-        }
-    }
-
-    fn array(&self, key: &str) -> Result<Option<&'a [Value]>> {
-        match self.header.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_array().map(Some).ok_or_else(|| self.err(format!("{key} is not an array"))),
-        }
-    }
-
-    /// An array that must have exactly one entry per token.
-    fn per_token_array(&self, key: &str, n_tokens: usize) -> Result<Option<&'a [Value]>> {
-        let Some(items) = self.array(key)? else { return Ok(None) };
-        if items.len() != n_tokens {
-            return Err(self.err(format!("{key} has {} entries but there are {n_tokens} tokens", items.len())));
-        }
-        Ok(Some(items))
-    }
-
-    /// A token id, which must name a token.
-    fn token_id(&self, key: &str, n_tokens: usize) -> Result<Option<u32>> {
-        let Some(v) = self.header.get(key) else { return Ok(None) };
-        let id = v.as_u64().ok_or_else(|| self.err(format!("{key} is {v:?}, not a token id")))?;
-        if id >= n_tokens as u64 {
-            return Err(self.err(format!("{key} is {id} but the vocabulary has {n_tokens} tokens")));
-        }
-        Ok(Some(id as u32))
-    }
-}
-
-/// The special token ids llama.cpp tracks, from metadata or defaults, then detected by text.
-#[derive(Default)]
-struct SpecialIds {
-    bos: Option<u32>,
-    eos: Option<u32>,
-    eot: Option<u32>,
-    eom: Option<u32>,
-    fim_pre: Option<u32>,
-    fim_suf: Option<u32>,
-    fim_mid: Option<u32>,
-    fim_pad: Option<u32>,
-    fim_rep: Option<u32>,
-    fim_sep: Option<u32>,
 }
 
 impl GgufTokenizer {
@@ -508,11 +217,14 @@ impl GgufTokenizer {
             piece_starts.push(pieces.len());
         }
 
-        let kind =
-            if is_bpe { build_bpe(&meta, &texts, &pre)? } else { build_spm(&meta, &texts, scores, add_space_prefix)? };
+        let algorithm = if is_bpe {
+            Algorithm::ByteLevelBpe(ByteLevelBpe::new(&meta, &texts, &pre)?)
+        } else {
+            Algorithm::SentencePiece(SentencePiece::new(&meta, &texts, scores, add_space_prefix)?)
+        };
 
         Ok(GgufTokenizer {
-            kind,
+            algorithm,
             texts,
             attrs,
             pieces,
@@ -539,34 +251,34 @@ impl GgufTokenizer {
         if self.add_bos {
             out.extend(self.bos);
         }
-        let fragments = self.partition(text, parse_special);
-        match &self.kind {
-            Kind::Bpe { bpe, splits } => {
-                for fragment in &fragments {
-                    match *fragment {
-                        Fragment::Text(start, end) => bpe_encode(bpe, splits, &text[start..end], &mut out)?,
-                        Fragment::Token(id) => out.push(id),
+        let segments = self.partition(text, parse_special);
+        match &self.algorithm {
+            Algorithm::ByteLevelBpe(bpe) => {
+                for segment in &segments {
+                    match *segment {
+                        Segment::Text(start, end) => bpe.encode(&text[start..end], &mut out)?,
+                        Segment::Token(id) => out.push(id),
                     }
                 }
             }
-            Kind::Spm { token_to_id, scores, byte_tokens, add_space_prefix } => {
-                // llama.cpp prefixes a space to every text fragment that follows a special token
+            Algorithm::SentencePiece(spm) => {
+                // llama.cpp prefixes a space to every text segment that follows a special token
                 // or starts the input.
                 let mut after_special = true;
-                for fragment in &fragments {
-                    match *fragment {
-                        Fragment::Text(start, end) => {
+                for segment in &segments {
+                    match *segment {
+                        Segment::Text(start, end) => {
                             let mut piece = String::with_capacity(end - start + 3);
-                            if *add_space_prefix && after_special {
+                            if spm.add_space_prefix && after_special {
                                 piece.push('▁');
                             }
                             for c in text[start..end].chars() {
                                 piece.push(if c == ' ' { '▁' } else { c });
                             }
-                            spm_encode(token_to_id, scores, byte_tokens, &piece, &mut out)?;
+                            spm.encode(&piece, &mut out)?;
                             after_special = false;
                         }
-                        Fragment::Token(id) => {
+                        Segment::Token(id) => {
                             out.push(id);
                             after_special = true;
                         }
@@ -644,13 +356,13 @@ impl GgufTokenizer {
     }
 
     /// Split special tokens out of `text` (llama.cpp `tokenizer_st_partition`): one special token
-    /// at a time, longest first, every occurrence in every remaining text fragment.
-    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
-        let mut fragments = Vec::new();
+    /// at a time, longest first, every occurrence in every remaining text segment.
+    fn partition(&self, text: &str, parse_special: bool) -> Vec<Segment> {
+        let mut segments = Vec::new();
         if text.is_empty() {
-            return fragments;
+            return segments;
         }
-        fragments.push(Fragment::Text(0, text.len()));
+        segments.push(Segment::Text(0, text.len()));
         for &id in &self.special_tokens {
             if !parse_special && self.attrs[id as usize] & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
                 continue;
@@ -660,370 +372,36 @@ impl GgufTokenizer {
             if !text.contains(needle) {
                 continue;
             }
-            let mut next = Vec::with_capacity(fragments.len() + 2);
-            for fragment in fragments {
-                let Fragment::Text(start, end) = fragment else {
-                    next.push(fragment);
+            let mut next = Vec::with_capacity(segments.len() + 2);
+            for segment in segments {
+                let Segment::Text(start, end) = segment else {
+                    next.push(segment);
                     continue;
                 };
                 let mut pos = start;
                 while let Some(found) = text[pos..end].find(needle) {
                     if found > 0 {
-                        next.push(Fragment::Text(pos, pos + found));
+                        next.push(Segment::Text(pos, pos + found));
                     }
-                    next.push(Fragment::Token(id));
+                    next.push(Segment::Token(id));
                     pos += found + needle.len();
                 }
                 if pos < end {
-                    next.push(Fragment::Text(pos, end));
+                    next.push(Segment::Text(pos, end));
                 }
             }
-            fragments = next;
+            segments = next;
         }
-        fragments
+        segments
     }
-}
-
-/// Read `tokenizer.ggml.tokens`, renaming empty tokens and refusing duplicates as llama.cpp does.
-fn read_tokens(meta: &Meta<'_>) -> Result<Vec<String>> {
-    let tokens = meta.array("tokenizer.ggml.tokens")?.ok_or_else(|| meta.err("tokenizer.ggml.tokens is missing"))?;
-    if tokens.is_empty() {
-        return Err(meta.err("tokenizer.ggml.tokens is empty"));
-    }
-    if tokens.len() > MAX_VOCAB {
-        return Err(meta.err(format!("tokenizer.ggml.tokens has {} tokens, more than {MAX_VOCAB}", tokens.len())));
-    }
-    let mut texts = Vec::with_capacity(tokens.len());
-    for (i, v) in tokens.iter().enumerate() {
-        let text = v.as_str().ok_or_else(|| meta.err(format!("tokenizer.ggml.tokens[{i}] is {v:?}, not a string")))?;
-        texts.push(if text.is_empty() { format!("[EMPTY_{i}]") } else { text.to_owned() });
-    }
-    Ok(texts)
-}
-
-/// Find the tokens llama.cpp recognises by their text, mark them as control tokens, and return the
-/// end-of-generation set (llama.cpp `llama_vocab::impl::load`, "auto-detect special tokens by text"
-/// through the EOG workarounds).
-///
-/// Where llama.cpp takes "the first match" while iterating a hash map (so in no defined order), the
-/// lowest id wins here; that only matters for a vocabulary holding two spellings of one FIM token.
-fn detect_special(texts: &[String], attrs: &mut [u16], ids: &mut SpecialIds) -> Vec<u32> {
-    const LISTS: [&[&str]; 10] = [
-        EOT_TEXTS,
-        EOM_TEXTS,
-        FIM_PRE_TEXTS,
-        FIM_SUF_TEXTS,
-        FIM_MID_TEXTS,
-        FIM_PAD_TEXTS,
-        FIM_REP_TEXTS,
-        FIM_SEP_TEXTS,
-        EOG_TEXTS,
-        ALWAYS_RENDERED_TEXTS,
-    ];
-    // All the names start with one of a few bytes ('<', '[', '_', '▁'): look only at tokens that
-    // do too, in id order, instead of comparing every token with every name.
-    let mut first_bytes = [false; 256];
-    for name in LISTS.iter().flat_map(|list| list.iter()) {
-        first_bytes[name.as_bytes()[0] as usize] = true;
-    }
-    let candidates: Vec<usize> =
-        (0..texts.len()).filter(|&id| texts[id].as_bytes().first().is_some_and(|&b| first_bytes[b as usize])).collect();
-    let find = |names: &[&str]| candidates.iter().find(|&&id| names.contains(&texts[id].as_str())).map(|&id| id as u32);
-    for (slot, names) in [
-        (&mut ids.eot, EOT_TEXTS),
-        (&mut ids.eom, EOM_TEXTS),
-        (&mut ids.fim_pre, FIM_PRE_TEXTS),
-        (&mut ids.fim_suf, FIM_SUF_TEXTS),
-        (&mut ids.fim_mid, FIM_MID_TEXTS),
-        (&mut ids.fim_pad, FIM_PAD_TEXTS),
-        (&mut ids.fim_rep, FIM_REP_TEXTS),
-        (&mut ids.fim_sep, FIM_SEP_TEXTS),
-    ] {
-        if slot.is_none() {
-            *slot = find(names);
-            if let Some(id) = *slot {
-                attrs[id as usize] |= ATTR_CONTROL;
-            }
-        }
-    }
-
-    let mut eog: Vec<u32> = [ids.fim_pad, ids.fim_rep, ids.fim_sep].into_iter().flatten().collect();
-    for &id in &candidates {
-        if EOG_TEXTS.contains(&texts[id].as_str()) {
-            eog.push(id as u32);
-            attrs[id] |= ATTR_CONTROL;
-        }
-    }
-    for &id in &candidates {
-        if ALWAYS_RENDERED_TEXTS.contains(&texts[id].as_str()) {
-            attrs[id] = ATTR_USER_DEFINED;
-        }
-    }
-    eog.extend([ids.eos, ids.eot, ids.eom].into_iter().flatten());
-    eog.sort_unstable();
-    eog.dedup();
-
-    // o200k_harmony / solar-open: "<|end|>" ends a message, not the generation.
-    let has = |eog: &[u32], name: &str| eog.iter().find(|&&id| texts[id as usize] == name).copied();
-    if let Some(end) = has(&eog, "<|end|>") {
-        let call = has(&eog, "<|call|>").or(has(&eog, "<|calls|>"));
-        if call.is_some() && (has(&eog, "<|return|>").is_some() || has(&eog, "<|flush|>").is_some()) {
-            eog.retain(|&id| id != end);
-            attrs[end as usize] = ATTR_USER_DEFINED;
-        }
-    }
-    // gemma4 / paddleocr: "</s>" is not an end of generation when "<|tool_response>" is.
-    if let (Some(_), Some(s)) = (has(&eog, "<|tool_response>"), has(&eog, "</s>")) {
-        eog.retain(|&id| id != s);
-        attrs[s as usize] = ATTR_NORMAL;
-    }
-    eog
-}
-
-/// Append llama.cpp's `token_to_piece(special=true)` output for one token.
-fn append_piece(out: &mut Vec<u8>, text: &str, attr: u16, byte_level: bool) -> std::result::Result<(), String> {
-    if attr & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED) != 0 {
-        out.extend_from_slice(text.as_bytes());
-    } else if attr & ATTR_NORMAL != 0 {
-        if byte_level {
-            // llama.cpp `llama_decode_text`, including its marker for characters outside the table.
-            for c in text.chars() {
-                match char_to_byte(c) {
-                    Some(b) => out.push(b),
-                    None => {
-                        out.extend_from_slice(b"[UNK_BYTE_0x");
-                        let mut utf8 = [0u8; 4];
-                        for b in c.encode_utf8(&mut utf8).bytes() {
-                            out.extend_from_slice(format!("{b:02x}").as_bytes());
-                        }
-                        out.extend_from_slice(text.as_bytes());
-                        out.push(b']');
-                    }
-                }
-            }
-        } else {
-            out.extend_from_slice(text.replace('▁', " ").as_bytes());
-        }
-    } else if attr & ATTR_BYTE != 0 {
-        out.push(parse_byte_token(text).ok_or_else(|| format!("byte token {text:?} is not of the form <0xXX>"))?);
-    }
-    // Undefined and unused tokens render as nothing.
-    Ok(())
-}
-
-/// The byte of a `<0xXX>` token.
-fn parse_byte_token(text: &str) -> Option<u8> {
-    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() != 2 {
-        return None;
-    }
-    u8::from_str_radix(hex, 16).ok()
-}
-
-fn build_bpe(meta: &Meta<'_>, texts: &[String], pre: &PreTokenizer) -> Result<Kind> {
-    let merges = meta.array("tokenizer.ggml.merges")?.ok_or_else(|| meta.err("tokenizer.ggml.merges is missing"))?;
-    let mut pairs: Merges = Vec::with_capacity(merges.len());
-    // llama.cpp keeps the first rank of a repeated merge; the tokenizers crate would keep the last.
-    let mut seen = HashSet::with_capacity(merges.len());
-    for (i, v) in merges.iter().enumerate() {
-        let merge = v.as_str().ok_or_else(|| meta.err(format!("tokenizer.ggml.merges[{i}] is {v:?}, not a string")))?;
-        // llama.cpp splits at the first space after the first byte, so a merge may start with one.
-        let first = merge.chars().next().map_or(0, char::len_utf8);
-        let split = merge[first..].find(' ').map(|p| p + first);
-        let (left, right) = match split {
-            Some(p) if p + 1 < merge.len() => (&merge[..p], &merge[p + 1..]),
-            _ => return Err(meta.err(format!("tokenizer.ggml.merges[{i}] {merge:?} is not two tokens"))),
-        };
-        if seen.insert((left, right)) {
-            pairs.push((left.to_owned(), right.to_owned()));
-        }
-    }
-    let vocab: Vocab = texts.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
-    if vocab.len() != texts.len() {
-        return Err(meta.err(duplicate_token_reason(texts)));
-    }
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, pairs)
-        .ignore_merges(pre.ignore_merges)
-        .build()
-        .map_err(|e| meta.err(format!("tokenizer.ggml.merges: {e}")))?;
-    let splits = pre.patterns.iter().map(|p| compiled(p)).collect::<Result<Vec<_>>>()?;
-    Ok(Kind::Bpe { bpe: Box::new(bpe), splits })
-}
-
-fn build_spm(meta: &Meta<'_>, texts: &[String], scores: Vec<f32>, add_space_prefix: bool) -> Result<Kind> {
-    let token_to_id: HashMap<String, u32> = texts.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
-    if token_to_id.len() != texts.len() {
-        return Err(meta.err(duplicate_token_reason(texts)));
-    }
-    let mut byte_tokens = Box::new([None; 256]);
-    for (b, slot) in byte_tokens.iter_mut().enumerate() {
-        // llama.cpp `byte_to_token`: "<0xXX>", else the byte as a one-character token.
-        *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied().or_else(|| {
-            let c = char::from(b as u8);
-            (b < 0x80).then(|| token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied()).flatten()
-        });
-    }
-    Ok(Kind::Spm { token_to_id, scores, byte_tokens, add_space_prefix })
-}
-
-/// Name a duplicated token for the error message.
-fn duplicate_token_reason(texts: &[String]) -> String {
-    let mut seen = HashMap::with_capacity(texts.len());
-    for (id, t) in texts.iter().enumerate() {
-        if let Some(first) = seen.insert(t.as_str(), id) {
-            return format!("duplicate token {t:?} in tokenizer.ggml.tokens (ids {first} and {id})");
-        }
-    }
-    "duplicate token in tokenizer.ggml.tokens".to_owned()
-}
-
-/// Tokenize one text fragment with byte-level BPE (llama.cpp `llm_tokenizer_bpe_session::tokenize`).
-fn bpe_encode(bpe: &BPE, splits: &[&SysRegex], text: &str, out: &mut Vec<u32>) -> Result<()> {
-    let mut pieces = vec![(0, text.len())];
-    for re in splits {
-        let mut next = Vec::with_capacity(pieces.len() * 2);
-        for (start, end) in pieces {
-            let mut last = 0;
-            // A regex error (fancy-regex's backtracking limit) ends the matches; the rest of the
-            // piece then stays whole, as it does in HF tokenizers.
-            for (m_start, m_end) in re.find_iter(&text[start..end]) {
-                if m_start > last {
-                    next.push((start + last, start + m_start));
-                }
-                if m_end > m_start {
-                    next.push((start + m_start, start + m_end));
-                }
-                last = m_end;
-            }
-            if start + last < end {
-                next.push((start + last, end));
-            }
-        }
-        pieces = next;
-    }
-    let mut word = String::new();
-    for (start, end) in pieces {
-        word.clear();
-        word.extend(text[start..end].bytes().map(|b| BYTE_TO_CHAR[b as usize]));
-        let tokens = bpe.tokenize(&word).map_err(|e| Error::InvalidConfig(format!("cannot tokenize {word:?}: {e}")))?;
-        out.extend(tokens.iter().map(|t| t.id));
-    }
-    Ok(())
-}
-
-/// A candidate merge of two adjacent symbols in the SentencePiece tokenizer.
-struct Bigram {
-    score: f32,
-    left: usize,
-    right: usize,
-    /// Byte length of the merged text, to recognise candidates made stale by other merges.
-    size: usize,
-}
-
-impl PartialEq for Bigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-impl Eq for Bigram {}
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Bigram {
-    /// Highest score first, then leftmost (llama.cpp `llm_bigram_spm::comparator`).
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
-    }
-}
-
-/// A symbol: a byte range of the text, linked to its neighbours; `len == 0` once merged away.
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-/// Tokenize one fragment (spaces already `▁`) with SentencePiece BPE
-/// (llama.cpp `llm_tokenizer_spm_session::tokenize`).
-fn spm_encode(
-    token_to_id: &HashMap<String, u32>,
-    scores: &[f32],
-    byte_tokens: &[Option<u32>; 256],
-    text: &str,
-    out: &mut Vec<u32>,
-) -> Result<()> {
-    let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
-    for (start, c) in text.char_indices() {
-        let index = symbols.len();
-        symbols.push(Symbol {
-            start,
-            len: c.len_utf8(),
-            prev: index.checked_sub(1),
-            next: (start + c.len_utf8() < text.len()).then_some(index + 1),
-        });
-    }
-    let mut queue = std::collections::BinaryHeap::new();
-    let try_add = |queue: &mut std::collections::BinaryHeap<Bigram>, symbols: &[Symbol], left: usize, right: usize| {
-        let (l, r) = (symbols[left], symbols[right]);
-        let merged = &text[l.start..r.start + r.len];
-        if let Some(&id) = token_to_id.get(merged) {
-            queue.push(Bigram { score: scores[id as usize], left, right, size: merged.len() });
-        }
-    };
-    for i in 1..symbols.len() {
-        try_add(&mut queue, &symbols, i - 1, i);
-    }
-    while let Some(bigram) = queue.pop() {
-        let (l, r) = (symbols[bigram.left], symbols[bigram.right]);
-        if l.len == 0 || r.len == 0 || l.len + r.len != bigram.size {
-            continue;
-        }
-        symbols[bigram.left].len += r.len;
-        symbols[bigram.right].len = 0;
-        symbols[bigram.left].next = r.next;
-        if let Some(next) = r.next {
-            symbols[next].prev = Some(bigram.left);
-        }
-        if let Some(prev) = symbols[bigram.left].prev {
-            try_add(&mut queue, &symbols, prev, bigram.left);
-        }
-        if let Some(next) = symbols[bigram.left].next {
-            try_add(&mut queue, &symbols, bigram.left, next);
-        }
-    }
-    // Every merged symbol is a token (merges only happen into tokens), so llama.cpp's `resegment`
-    // reduces to: the token, else the bytes of a single unknown character.
-    let mut i = if symbols.is_empty() { None } else { Some(0) };
-    while let Some(index) = i {
-        let s = symbols[index];
-        let piece = &text[s.start..s.start + s.len];
-        match token_to_id.get(piece) {
-            Some(&id) => out.push(id),
-            None => {
-                for b in piece.bytes() {
-                    let id = byte_tokens[b as usize].ok_or_else(|| {
-                        Error::InvalidConfig(format!(
-                            "cannot tokenize {piece:?}: the vocabulary has no token for byte 0x{b:02X}"
-                        ))
-                    })?;
-                    out.push(id);
-                }
-            }
-        }
-        i = s.next;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::{parse, writer::write};
+    use crate::formats::gguf::parse;
+    use crate::formats::gguf::Value;
+    use crate::formats::gguf_writer::write;
 
     fn s(v: &str) -> Value {
         Value::String(v.to_owned())
@@ -1075,17 +453,6 @@ mod tests {
             Err(e @ Error::ModelLoad { .. }) => e.to_string(),
             other => panic!("expected a load error, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn byte_table_round_trips() {
-        for b in 0..=255u8 {
-            assert_eq!(char_to_byte(BYTE_TO_CHAR[b as usize]), Some(b));
-        }
-        assert_eq!(BYTE_TO_CHAR[b' ' as usize], 'Ġ');
-        assert_eq!(BYTE_TO_CHAR[b'\n' as usize], 'Ċ');
-        assert_eq!(char_to_byte('a'), Some(b'a'));
-        assert_eq!(char_to_byte('€'), None);
     }
 
     #[test]

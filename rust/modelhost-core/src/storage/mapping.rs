@@ -1,5 +1,5 @@
-//! Model files in memory: one shared read-only mapping per file, or an owned copy (`tryMmap: false`),
-//! and the progress reporting that runs while weights are materialised from them.
+//! Model files in memory: one shared read-only mapping per file (registered with the SIGBUS guard), or an
+//! owned copy (`tryMmap: false`), and the checks that a mapped file is still what was mapped.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,12 +9,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use memmap2::Mmap;
 
-use crate::error::{BoxError, Error, Result};
+use super::progress::Progress;
+use crate::error::{Error, Result};
 
 /// Bytes per progress step when reading a file into owned memory.
 const READ_CHUNK: usize = 4 << 20;
-/// The smallest progress increase worth a callback (SPEC §4: about every 1%).
-const PROGRESS_STEP: f32 = 0.01;
 
 /// A file's bytes: a shared read-only map, or an owned copy.
 #[derive(Debug)]
@@ -41,29 +40,13 @@ pub struct MappedFile {
     /// Turns a read of pages truncated away into zeros and a flag instead of a fatal SIGBUS. Declared
     /// before `mmap` so that it unregisters before the range is unmapped.
     #[cfg(target_os = "linux")]
-    guard: Option<crate::sigbus::Guard>,
+    guard: Option<super::sigbus::Guard>,
     path: PathBuf,
-    mmap: Mmap,
+    pub(super) mmap: Mmap,
     /// (device, inode) of the file when it was mapped.
     identity: (u64, u64),
     /// How many `PageLock`s hold the pages locked (`mlock` does not nest: the last one unlocks).
-    locks: Mutex<usize>,
-}
-
-/// The pages of a whole mapping locked in RAM (`keepModelInMemory` for weights used in place); counted,
-/// so that models sharing the mapping do not unlock each other's pages.
-#[derive(Debug)]
-pub struct PageLock(Arc<MappedFile>);
-
-impl Drop for PageLock {
-    fn drop(&mut self) {
-        let mut n = self.0.locks.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        if *n == 0 {
-            // SAFETY: unlocking the live mapping we locked (this lock holds it alive).
-            unsafe { libc::munlock(self.0.mmap.as_ptr().cast(), self.0.mmap.len()) };
-        }
-    }
+    pub(super) locks: Mutex<usize>,
 }
 
 #[cfg(unix)]
@@ -96,17 +79,6 @@ impl MappedFile {
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.mmap
-    }
-
-    /// Lock the whole mapping's pages in RAM until the returned lock (and every other) is dropped.
-    pub fn lock_pages(self: &Arc<Self>) -> std::io::Result<PageLock> {
-        let mut n = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: locking a live read-only mapping of ours; only residency changes.
-        if *n == 0 && unsafe { libc::mlock(self.mmap.as_ptr().cast(), self.mmap.len()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        *n += 1;
-        Ok(PageLock(self.clone()))
     }
 
     /// `Err` naming the file if a read found pages it lost to a truncation (see `damaged`).
@@ -184,7 +156,7 @@ pub fn map_shared(path: &Path) -> Result<Arc<MappedFile>> {
     let mapped = Arc::new(MappedFile {
         path: canonical.clone(),
         #[cfg(target_os = "linux")]
-        guard: crate::sigbus::Guard::new(mmap.as_ptr(), mmap.len()),
+        guard: super::sigbus::Guard::new(mmap.as_ptr(), mmap.len()),
         mmap,
         identity,
         locks: Mutex::new(0),
@@ -225,42 +197,6 @@ pub fn check_unchanged(bytes: &FileBytes) -> Result<()> {
     Ok(())
 }
 
-/// Read a mapped range in and fault it into the page tables, so the first request does not: one
-/// `madvise(MADV_POPULATE_READ)` (Linux 5.14+), else one read per page.
-pub fn populate(bytes: &[u8]) {
-    if prefault(bytes.as_ptr(), bytes.len(), false) {
-        return;
-    }
-    let mut acc = 0u8;
-    for i in (0..bytes.len()).step_by(PAGE) {
-        acc ^= bytes[i];
-    }
-    std::hint::black_box(acc);
-}
-
-/// Bytes per page for the prefault fallbacks (the smallest page size; a larger one only touches more).
-pub(crate) const PAGE: usize = 4096;
-
-/// Fault in the pages of `len` bytes at `start` with one `madvise` (`MADV_POPULATE_WRITE` if `write`,
-/// else `MADV_POPULATE_READ`; Linux 5.14+). `false` where that is unavailable: the caller then touches
-/// each page itself.
-pub(crate) fn prefault(start: *const u8, len: usize, write: bool) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        let start = start as usize;
-        let aligned = start - start % PAGE;
-        let advice = if write { libc::MADV_POPULATE_WRITE } else { libc::MADV_POPULATE_READ };
-        // SAFETY: the caller's range is live memory of ours (rounded down to its first page, which it
-        // shares with nothing it could harm); POPULATE_* only faults pages in, contents unchanged.
-        unsafe { libc::madvise(aligned as *mut libc::c_void, len + (start - aligned), advice) == 0 }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (start, len, write);
-        false
-    }
-}
-
 /// Read a whole file into owned memory in chunks, reporting progress over `[0, weight)` of the bar.
 pub fn read_owned(path: &Path, progress: &mut Progress<'_>, weight: f32) -> Result<FileBytes> {
     let (mut file, len) = open_model_file(path)?;
@@ -278,130 +214,9 @@ pub fn read_owned(path: &Path, progress: &mut Progress<'_>, weight: f32) -> Resu
     Ok(FileBytes::Owned(buf))
 }
 
-/// The progress callback type: a fraction in `[0, 1]`; an error cancels the load.
-pub type ProgressFn<'a> = dyn FnMut(f32) -> std::result::Result<(), BoxError> + 'a;
-
-/// Throttled, monotone progress: 0.0 first, increases of at least 1%, exactly 1.0 last.
-pub struct Progress<'a> {
-    callback: Option<&'a mut ProgressFn<'a>>,
-    last: f32,
-}
-
-impl<'a> Progress<'a> {
-    /// Wrap an optional callback.
-    pub fn new(callback: Option<&'a mut ProgressFn<'a>>) -> Self {
-        Progress { callback, last: -1.0 }
-    }
-
-    fn send(&mut self, value: f32) -> Result<()> {
-        self.last = value;
-        match self.callback.as_mut() {
-            Some(cb) => cb(value).map_err(Error::Cancelled),
-            None => Ok(()),
-        }
-    }
-
-    /// Report 0.0.
-    pub fn start(&mut self) -> Result<()> {
-        self.send(0.0)
-    }
-
-    /// Report `fraction` if it moved enough; 1.0 is kept for `finish`.
-    pub fn update(&mut self, fraction: f32) -> Result<()> {
-        let fraction = fraction.clamp(0.0, 0.999);
-        if fraction - self.last >= PROGRESS_STEP {
-            self.send(fraction)?;
-        }
-        Ok(())
-    }
-
-    /// Report exactly 1.0.
-    pub fn finish(&mut self) -> Result<()> {
-        self.send(1.0)
-    }
-}
-
-/// Walks a list of byte spans, reporting progress as each span is materialised.
-pub struct ChunkedLoad<'p, 'a> {
-    progress: &'p mut Progress<'a>,
-    total: u64,
-    done: u64,
-    base: f32,
-    weight: f32,
-}
-
-impl<'p, 'a> ChunkedLoad<'p, 'a> {
-    /// Progress over `[base, base + weight)` of the bar, for `total` bytes.
-    pub fn new(progress: &'p mut Progress<'a>, total: u64, base: f32, weight: f32) -> Self {
-        ChunkedLoad { progress, total: total.max(1), done: 0, base, weight }
-    }
-
-    /// Record `bytes` more as loaded; an error from the callback cancels.
-    pub fn advance(&mut self, bytes: u64) -> Result<()> {
-        self.done += bytes;
-        let f = self.base + self.weight * (self.done as f32 / self.total as f32);
-        self.progress.update(f)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn progress_is_monotone_and_throttled() {
-        let mut seen = Vec::new();
-        {
-            let mut cb = |v: f32| -> std::result::Result<(), BoxError> {
-                seen.push(v);
-                Ok(())
-            };
-            let mut p = Progress::new(Some(&mut cb));
-            p.start().unwrap();
-            let mut chunks = ChunkedLoad::new(&mut p, 10_000, 0.0, 1.0);
-            for _ in 0..10_000 {
-                chunks.advance(1).unwrap();
-            }
-            p.finish().unwrap();
-        }
-        assert_eq!(seen[0], 0.0);
-        assert_eq!(*seen.last().unwrap(), 1.0);
-        assert!(seen.windows(2).all(|w| w[1] > w[0]));
-        assert!(seen.len() <= 102, "{} calls", seen.len());
-    }
-
-    #[test]
-    fn callback_error_cancels() {
-        let mut cb = |v: f32| -> std::result::Result<(), BoxError> {
-            if v > 0.5 {
-                Err("stop".into())
-            } else {
-                Ok(())
-            }
-        };
-        let mut p = Progress::new(Some(&mut cb));
-        p.start().unwrap();
-        let err = (0..100).try_for_each(|i| p.update(i as f32 / 100.0)).unwrap_err();
-        assert!(matches!(err, Error::Cancelled(_)));
-    }
-
-    #[test]
-    fn page_locks_on_a_shared_mapping_are_counted() {
-        let dir = std::env::temp_dir().join(format!("mh-locks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("f.bin");
-        std::fs::write(&path, vec![1u8; 64 << 10]).unwrap();
-        let map = map_shared(&path).unwrap();
-        let count = || *map.locks.lock().unwrap();
-        let (a, b) = (map.lock_pages().unwrap(), map.lock_pages().unwrap());
-        assert_eq!(count(), 2);
-        drop(a); // one model unloads: the other's pages stay locked
-        assert_eq!(count(), 1);
-        drop(b);
-        assert_eq!(count(), 0);
-        drop(map);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn mappings_are_shared() {

@@ -1,14 +1,32 @@
-//! Quantized matrix products for the weight types candle runs slowly on the CPU (its Q4_1 dot product
-//! is scalar), done as ggml does them: activations quantized to 8 bits per 32-block, integer dot
-//! products (AVX2, or AVX-VNNI where the CPU has it), f32 accumulation, rows split over rayon's
-//! workers, and `on_pool` to run a whole forward pass on those workers.
+//! Compute kernels on raw buffers, one file per instruction set and weight family, as candle's `quantized/`
+//! and llama.cpp's `ggml-cpu` are laid out.
+//!
+//! - Quantized matrix products (`QuantMatrix`, here) for the weight types candle runs slowly on the CPU (its
+//!   Q4_1 dot product is scalar), done as ggml does them: activations quantized to 8 bits per 32-block,
+//!   integer dot products (`scalar`, `avx2`, and `vnni` where the CPU has it), f32 accumulation, rows split
+//!   over rayon's workers.
+//! - Dense f32 kernels for the embedding encoder: `f32_matmul` (gemm and a short-batch kernel),
+//!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`.
+//! - `on_pool` (`pool`): a whole forward pass on rayon's workers, kept awake between its loops.
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod avx2;
+pub(crate) mod f32_attention;
+pub(crate) mod f32_matmul;
+pub(crate) mod f32_ops;
+mod f32_simd;
+mod pool;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod vnni;
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use half::f16;
 
-use crate::weights::MappedFile;
+use crate::storage::MappedFile;
+
+pub use pool::on_pool;
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
@@ -42,49 +60,6 @@ const ROW_TILE: usize = 4;
 /// ~5% faster on an idle machine but collapses (90 → 4 tok/s) when another process takes a core,
 /// because its workers spin at the barrier while the thread holding the work is descheduled.
 const ROWS_PER_TASK: usize = 32;
-
-/// Run `f` on a rayon worker; with `keep_awake`, the pool's other workers poll for work until it returns.
-///
-/// A forward pass is many parallel loops with serial steps between them. Called from outside the pool,
-/// the caller would be a third thread competing with the two workers for two cores (that halved decoding
-/// speed). And an idle rayon worker falls asleep within microseconds, so a pass made of hundreds of short
-/// loops (decoding one token) pays a wake-up per loop, slow in a VM: `keep_awake` has the other workers
-/// poll rayon for work, yielding the core while none is queued, as llama.cpp's threads spin during a pass.
-/// If a polling worker is descheduled, the others run its share: rayon's loops are work-stealing.
-///
-/// A poller never runs on a thread that is inside a pass (two instances decoding at once): rayon may hand
-/// a waiting thread any queued job, and a poller stacked on top of one pass, waiting for another whose
-/// thread holds the first pass's poller, would never return.
-pub fn on_pool<R: Send>(keep_awake: bool, f: impl FnOnce() -> R + Send) -> R {
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    thread_local!(static IN_PASS: Cell<bool> = const { Cell::new(false) });
-    let done = AtomicBool::new(false);
-    rayon::scope(|s| {
-        for _ in 1..if keep_awake { rayon::current_num_threads() } else { 1 } {
-            s.spawn(|_| {
-                if IN_PASS.get() {
-                    return;
-                }
-                while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::thread::yield_now();
-                    }
-                }
-            });
-        }
-        // Restored on unwind too, and `done` set, so a panic in `f` releases the pollers.
-        struct EndOfPass<'a>(bool, &'a AtomicBool);
-        impl Drop for EndOfPass<'_> {
-            fn drop(&mut self) {
-                IN_PASS.set(self.0);
-                self.1.store(true, Ordering::Release);
-            }
-        }
-        let _end = EndOfPass(IN_PASS.replace(true), &done);
-        f()
-    })
-}
 
 /// Weight block formats this module runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,10 +161,10 @@ impl QuantMatrix {
 
     /// `x` is `(m, cols)` row-major; returns `(m, rows)` = x · Wᵀ.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        self.matmul_with(DotTile::detect(self.kind), x, m)
+        self.matmul_with(InstructionSet::detect(), x, m)
     }
 
-    fn matmul_with(&self, dot: DotTile, x: &[f32], m: usize) -> Vec<f32> {
+    fn matmul_with(&self, isa: InstructionSet, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "activation size");
         let nb = self.cols / BLOCK;
         let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
@@ -204,7 +179,7 @@ impl QuantMatrix {
                 let tile = (m - i0).min(ROW_TILE);
                 let a: [&[BlockQ8]; ROW_TILE] = std::array::from_fn(|t| &acts[(i0 + t.min(tile - 1)) * nb..][..nb]);
                 let out = &mut out[..rows.len() * tile];
-                dot.run(w, row_len, &a[..tile], out);
+                isa.run(self.kind, w, row_len, &a[..tile], out);
                 for (r, v) in rows.clone().zip(out.chunks_exact(tile)) {
                     for (t, v) in v.iter().enumerate() {
                         // SAFETY: every (activation row, weight row) element is written by exactly one
@@ -222,22 +197,23 @@ impl QuantMatrix {
     }
 }
 
-/// The dot-product kernel for one weight format on this CPU, chosen once per matmul.
+/// The instruction set the quantized dot products run on: AVX2/FMA is chosen at compile time, AVX-VNNI on top
+/// of it at run time, once per process.
 #[derive(Debug, Clone, Copy)]
-enum DotTile {
+enum InstructionSet {
     /// The portable path, for builds without AVX2/FMA (and the tests' reference).
     #[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"), allow(dead_code))]
-    Scalar(QuantKind),
+    Scalar,
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    Avx2(QuantKind),
+    Avx2,
     /// AVX-VNNI's `vpdpbusd` does the u8 × i8 multiply-add in one instruction where AVX2 needs two.
     /// Picked at run time so the wheel keeps its x86-64-v3 baseline.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    AvxVnni(QuantKind),
+    AvxVnni,
 }
 
-impl DotTile {
-    fn detect(kind: QuantKind) -> Self {
+impl InstructionSet {
+    fn detect() -> Self {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         {
             // Decided once per process (this runs for every matmul). MODELHOST_NO_VNNI=1 forces the AVX2
@@ -246,50 +222,50 @@ impl DotTile {
             let vnni = *VNNI
                 .get_or_init(|| std::env::var_os("MODELHOST_NO_VNNI").is_none() && is_x86_feature_detected!("avxvnni"));
             if vnni {
-                DotTile::AvxVnni(kind)
+                InstructionSet::AvxVnni
             } else {
-                DotTile::Avx2(kind)
+                InstructionSet::Avx2
             }
         }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
-        DotTile::Scalar(kind)
+        InstructionSet::Scalar
     }
 
-    /// Dot products of the weight rows in `w` (each `row_len` bytes) with `a.len()` (1..=ROW_TILE)
+    /// Dot products of the `kind` weight rows in `w` (each `row_len` bytes) with `a.len()` (1..=ROW_TILE)
     /// activation rows, into `out` as `[row][activation]`.
-    fn run(self, w: &[u8], row_len: usize, a: &[&[BlockQ8]], out: &mut [f32]) {
+    fn run(self, kind: QuantKind, w: &[u8], row_len: usize, a: &[&[BlockQ8]], out: &mut [f32]) {
         debug_assert_eq!(out.len(), w.len() / row_len * a.len());
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         macro_rules! tiles {
-            ($f:ident) => {
+            ($isa:ident :: $f:ident) => {
                 // SAFETY: the CPU features were checked (at compile time for AVX2/FMA, by `detect` for
                 // VNNI); each row of `w` holds as many blocks as each activation row.
                 unsafe {
                     match a.len() {
-                        1 => avx2::$f::<1>(w, row_len, a.try_into().unwrap(), out),
-                        2 => avx2::$f::<2>(w, row_len, a.try_into().unwrap(), out),
-                        3 => avx2::$f::<3>(w, row_len, a.try_into().unwrap(), out),
-                        _ => avx2::$f::<4>(w, row_len, a.try_into().unwrap(), out),
+                        1 => $isa::$f::<1>(w, row_len, a.try_into().unwrap(), out),
+                        2 => $isa::$f::<2>(w, row_len, a.try_into().unwrap(), out),
+                        3 => $isa::$f::<3>(w, row_len, a.try_into().unwrap(), out),
+                        _ => $isa::$f::<4>(w, row_len, a.try_into().unwrap(), out),
                     }
                 }
             };
         }
-        match self {
-            DotTile::Scalar(kind) => {
+        match (self, kind) {
+            (InstructionSet::Scalar, kind) => {
                 for (w, out) in w.chunks_exact(row_len).zip(out.chunks_exact_mut(a.len())) {
                     for (o, a) in out.iter_mut().zip(a) {
-                        *o = dot_scalar(kind, w, a);
+                        *o = dot_scalar_legacy(kind, w, a);
                     }
                 }
             }
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-            DotTile::Avx2(QuantKind::Q4_1) => tiles!(q4_1_avx2),
+            (InstructionSet::Avx2, QuantKind::Q4_1) => tiles!(avx2::q4_1_avx2),
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-            DotTile::Avx2(QuantKind::Q8_0) => tiles!(q8_0_avx2),
+            (InstructionSet::Avx2, QuantKind::Q8_0) => tiles!(avx2::q8_0_avx2),
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-            DotTile::AvxVnni(QuantKind::Q4_1) => tiles!(q4_1_vnni),
+            (InstructionSet::AvxVnni, QuantKind::Q4_1) => tiles!(vnni::q4_1_vnni),
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-            DotTile::AvxVnni(QuantKind::Q8_0) => tiles!(q8_0_vnni),
+            (InstructionSet::AvxVnni, QuantKind::Q8_0) => tiles!(vnni::q8_0_vnni),
         }
     }
 }
@@ -308,12 +284,8 @@ fn quantize_q8(x: &[f32]) -> BlockQ8 {
     BlockQ8 { d: f16::from_f32(d).to_f32(), s: f16::from_f32(sum as f32 * d).to_f32(), qs }
 }
 
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
 /// The portable reference: ggml's `vec_dot_q4_1_q8_1` and `vec_dot_q8_0_q8_0`.
-fn dot_scalar(kind: QuantKind, w: &[u8], a: &[BlockQ8]) -> f32 {
+fn dot_scalar_legacy(kind: QuantKind, w: &[u8], a: &[BlockQ8]) -> f32 {
     let mut sum = 0f32;
     for (wb, ab) in w.chunks_exact(kind.block_bytes()).zip(a) {
         let d = f16_at(wb, 0);
@@ -337,125 +309,8 @@ fn dot_scalar(kind: QuantKind, w: &[u8], a: &[BlockQ8]) -> f32 {
     sum
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-mod avx2 {
-    use super::{f16_at, BlockQ8, QuantKind};
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
-    /// u8 × i8 products summed in fours into i32 lanes.
-    trait ByteDot {
-        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
-    }
-
-    struct Avx2;
-    impl ByteDot for Avx2 {
-        #[inline(always)]
-        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-        }
-    }
-
-    struct Vnni;
-    impl ByteDot for Vnni {
-        #[inline(always)]
-        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
-            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
-        }
-    }
-
-    /// Each Q4_1 weight row against N activation rows (ggml's `vec_dot_q4_1_q8_1`).
-    #[inline(always)]
-    unsafe fn q4_1<D: ByteDot, const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        for (w, out) in w.chunks_exact(row_len).zip(out.chunks_exact_mut(N)) {
-            q4_1_row::<D, N>(w, a, out);
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn q4_1_row<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        let low = _mm256_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut mins = [0f32; N];
-        for (b, wb) in w.chunks_exact(QuantKind::Q4_1.block_bytes()).enumerate() {
-            let (d, m) = (f16_at(wb, 0), f16_at(wb, 2));
-            // 16 bytes of nibbles → 32 bytes: low nibbles first, then high nibbles (ggml's order).
-            let packed = _mm_loadu_si128(wb.as_ptr().add(4) as *const __m128i);
-            let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-            for t in 0..N {
-                let ab = a[t].get_unchecked(b);
-                let qa = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                let dot = _mm256_cvtepi32_ps(D::dot(qw, qa));
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot, acc[t]);
-                mins[t] += m * ab.s;
-            }
-        }
-        for t in 0..N {
-            out[t] = hsum(acc[t]) + mins[t];
-        }
-    }
-
-    /// Each Q8_0 weight row against N activation rows (ggml's `vec_dot_q8_0_q8_0`).
-    #[inline(always)]
-    unsafe fn q8_0<D: ByteDot, const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        for (w, out) in w.chunks_exact(row_len).zip(out.chunks_exact_mut(N)) {
-            q8_0_row::<D, N>(w, a, out);
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn q8_0_row<D: ByteDot, const N: usize>(w: &[u8], a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for (b, wb) in w.chunks_exact(QuantKind::Q8_0.block_bytes()).enumerate() {
-            let d = f16_at(wb, 0);
-            let qw = _mm256_loadu_si256(wb.as_ptr().add(2) as *const __m256i);
-            // The byte dot wants unsigned × signed: |w| × (a with w's sign), as ggml does.
-            let abs_w = _mm256_sign_epi8(qw, qw);
-            for t in 0..N {
-                let ab = a[t].get_unchecked(b);
-                let qa = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
-                let dot = _mm256_cvtepi32_ps(D::dot(abs_w, _mm256_sign_epi8(qa, qw)));
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot, acc[t]);
-            }
-        }
-        for t in 0..N {
-            out[t] = hsum(acc[t]);
-        }
-    }
-
-    // The entry points. Each is compiled with its features so the inlined body uses them.
-
-    /// # Safety
-    /// Needs AVX2 and FMA; `w` must hold rows of as many Q4_1 blocks as each activation row.
-    pub(super) unsafe fn q4_1_avx2<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        q4_1::<Avx2, N>(w, row_len, a, out)
-    }
-
-    /// # Safety
-    /// As `q4_1_avx2`, and the CPU must have AVX-VNNI.
-    #[target_feature(enable = "avxvnni")]
-    pub(super) unsafe fn q4_1_vnni<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        q4_1::<Vnni, N>(w, row_len, a, out)
-    }
-
-    /// # Safety
-    /// Needs AVX2 and FMA; `w` must hold rows of as many Q8_0 blocks as each activation row.
-    pub(super) unsafe fn q8_0_avx2<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        q8_0::<Avx2, N>(w, row_len, a, out)
-    }
-
-    /// # Safety
-    /// As `q8_0_avx2`, and the CPU must have AVX-VNNI.
-    #[target_feature(enable = "avxvnni")]
-    pub(super) unsafe fn q8_0_vnni<const N: usize>(w: &[u8], row_len: usize, a: &[&[BlockQ8]; N], out: &mut [f32]) {
-        q8_0::<Vnni, N>(w, row_len, a, out)
-    }
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 #[cfg(test)]
@@ -491,12 +346,12 @@ mod tests {
             let w = QuantMatrix::new(kind, &data, rows, cols).unwrap();
             let q = QMatMul::from_qtensor(qtensor_from_ggml(dtype, &data, vec![rows, cols], &Device::Cpu).unwrap());
             let q = q.unwrap();
-            let mut kernels = vec![DotTile::Scalar(kind)];
+            let mut kernels = vec![InstructionSet::Scalar];
             #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
             {
-                kernels.push(DotTile::Avx2(kind));
+                kernels.push(InstructionSet::Avx2);
                 if is_x86_feature_detected!("avxvnni") {
-                    kernels.push(DotTile::AvxVnni(kind));
+                    kernels.push(InstructionSet::AvxVnni);
                 }
             }
             for (dot, m) in kernels.into_iter().flat_map(|k| [1, 2, 3, 4, 9].map(|m| (k, m))) {
@@ -508,35 +363,10 @@ mod tests {
                     assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{kind:?} {dot:?} m={m}: {a} vs {b}");
                 }
                 let acts: Vec<BlockQ8> = x.chunks_exact(BLOCK).map(quantize_q8).collect();
-                let reference = dot_scalar(kind, w.row_bytes(5), &acts[..cols / BLOCK]);
+                let reference = dot_scalar_legacy(kind, w.row_bytes(5), &acts[..cols / BLOCK]);
                 assert!((reference - ours[5]).abs() < 1e-3 * reference.abs().max(1.0));
             }
         }
-    }
-
-    /// Many short parallel loops, as a decoding pass is.
-    fn pass(seed: u64) -> u64 {
-        use rayon::prelude::*;
-        (0..50).map(|i| (0..64u64).into_par_iter().map(|j| j * i + seed).sum::<u64>()).sum()
-    }
-
-    #[test]
-    fn passes_on_the_pool_from_several_threads_finish() {
-        // Two callers keeping the workers awake at once (two instances decoding): no pass may wait on
-        // another's poller. A deadlock here hangs the test.
-        let callers: Vec<_> = (0..3u64)
-            .map(|t| std::thread::spawn(move || (0..200).map(|i| on_pool(true, || pass(t * 1000 + i))).sum::<u64>()))
-            .collect();
-        let expected: Vec<u64> = (0..3u64).map(|t| (0..200).map(|i| pass(t * 1000 + i)).sum()).collect();
-        let got: Vec<u64> = callers.into_iter().map(|c| c.join().unwrap()).collect();
-        assert_eq!(got, expected);
-    }
-
-    #[test]
-    fn a_panicking_pass_releases_the_pool() {
-        let caught = std::panic::catch_unwind(|| on_pool(true, || -> u64 { panic!("boom") }));
-        assert!(caught.is_err());
-        assert_eq!(on_pool(true, || pass(1)), pass(1), "the pool still works");
     }
 
     #[test]

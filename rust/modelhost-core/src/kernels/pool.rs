@@ -1,0 +1,74 @@
+//! Running a forward pass on rayon's workers, kept awake through its many short parallel loops.
+
+/// Run `f` on a rayon worker; with `keep_awake`, the pool's other workers poll for work until it returns.
+///
+/// A forward pass is many parallel loops with serial steps between them. Called from outside the pool,
+/// the caller would be a third thread competing with the two workers for two cores (that halved decoding
+/// speed). And an idle rayon worker falls asleep within microseconds, so a pass made of hundreds of short
+/// loops (decoding one token) pays a wake-up per loop, slow in a VM: `keep_awake` has the other workers
+/// poll rayon for work, yielding the core while none is queued, as llama.cpp's threads spin during a pass.
+/// If a polling worker is descheduled, the others run its share: rayon's loops are work-stealing.
+///
+/// A poller never runs on a thread that is inside a pass (two instances decoding at once): rayon may hand
+/// a waiting thread any queued job, and a poller stacked on top of one pass, waiting for another whose
+/// thread holds the first pass's poller, would never return.
+pub fn on_pool<R: Send>(keep_awake: bool, f: impl FnOnce() -> R + Send) -> R {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    thread_local!(static IN_PASS: Cell<bool> = const { Cell::new(false) });
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 1..if keep_awake { rayon::current_num_threads() } else { 1 } {
+            s.spawn(|_| {
+                if IN_PASS.get() {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        }
+        // Restored on unwind too, and `done` set, so a panic in `f` releases the pollers.
+        struct EndOfPass<'a>(bool, &'a AtomicBool);
+        impl Drop for EndOfPass<'_> {
+            fn drop(&mut self) {
+                IN_PASS.set(self.0);
+                self.1.store(true, Ordering::Release);
+            }
+        }
+        let _end = EndOfPass(IN_PASS.replace(true), &done);
+        f()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many short parallel loops, as a decoding pass is.
+    fn pass(seed: u64) -> u64 {
+        use rayon::prelude::*;
+        (0..50).map(|i| (0..64u64).into_par_iter().map(|j| j * i + seed).sum::<u64>()).sum()
+    }
+
+    #[test]
+    fn passes_on_the_pool_from_several_threads_finish() {
+        // Two callers keeping the workers awake at once (two instances decoding): no pass may wait on
+        // another's poller. A deadlock here hangs the test.
+        let callers: Vec<_> = (0..3u64)
+            .map(|t| std::thread::spawn(move || (0..200).map(|i| on_pool(true, || pass(t * 1000 + i))).sum::<u64>()))
+            .collect();
+        let expected: Vec<u64> = (0..3u64).map(|t| (0..200).map(|i| pass(t * 1000 + i)).sum()).collect();
+        let got: Vec<u64> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_panicking_pass_releases_the_pool() {
+        let caught = std::panic::catch_unwind(|| on_pool(true, || -> u64 { panic!("boom") }));
+        assert!(caught.is_err());
+        assert_eq!(on_pool(true, || pass(1)), pass(1), "the pool still works");
+    }
+}

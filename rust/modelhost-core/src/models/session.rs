@@ -1,0 +1,48 @@
+//! Per-instance inference state: the KV cache, the RoPE tables and which tokens the cache holds. Instances of
+//! one file share the `LlmModel`; each has its own session.
+
+use super::blocks::kv_cache::KvCache;
+use super::blocks::rope::Rope;
+use super::llm::LlmModel;
+use crate::error::{Error, Result};
+
+/// Per-instance inference state: the KV cache and which tokens it holds.
+pub struct LlmSession {
+    pub(super) cache: KvCache,
+    pub(super) rope: Rope,
+    /// The tokens whose keys and values the cache holds, in order.
+    pub(super) cached: Vec<u32>,
+    /// Tokens of context.
+    pub context_length: usize,
+    /// Prompt chunk size.
+    pub eval_batch_size: usize,
+}
+
+impl LlmSession {
+    /// Allocate the whole KV cache up front (and touch it, so RSS reflects it at once).
+    pub fn new(
+        model: &LlmModel,
+        context_length: usize,
+        eval_batch_size: usize,
+        rope_base: f64,
+        rope_scale: f64,
+    ) -> Result<Self> {
+        let p = &model.params;
+        let devices = model.block_devices();
+        Ok(LlmSession {
+            cache: KvCache::new(&devices, p.n_head_kv, context_length, p.head_dim)?,
+            rope: Rope::new(p.head_dim, context_length, rope_base, rope_scale)?,
+            cached: Vec::new(),
+            context_length,
+            eval_batch_size: eval_batch_size.max(1),
+        })
+    }
+
+    /// `ContextLengthExceeded` unless `n` tokens fit the context.
+    pub(super) fn check_fits(&self, n: usize) -> Result<()> {
+        if n > self.context_length {
+            return Err(Error::ContextLengthExceeded { tokens: n, context_length: self.context_length });
+        }
+        Ok(())
+    }
+}
