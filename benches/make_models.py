@@ -105,7 +105,7 @@ def write_f16(path: Path, size: str, sample: Path) -> None:
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     rng = np.random.default_rng(SEED + len(size))
-    for name, shape in specs:
+    for _name, shape in specs:
         if len(shape) == 1:
             data = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:

@@ -76,8 +76,8 @@ unsafe fn rows<W: FloatRow, const C: usize>(w: &[u8], a: &[&[f32]; C], out: &mut
     }
     for c in 0..C {
         let mut s = hsum_ps(_mm256_add_ps(acc[c][0], acc[c][1]));
-        for j in i..n {
-            s += W::load1(w.as_ptr().add(j * W::BYTES)) * a[c][j];
+        for (j, x) in a[c].iter().enumerate().take(n).skip(i) {
+            s += W::load1(w.as_ptr().add(j * W::BYTES)) * x;
         }
         out[c] = s;
     }

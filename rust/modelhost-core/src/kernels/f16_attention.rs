@@ -15,6 +15,8 @@ use super::matrix::SharedOut;
 
 /// Query rows (queries of one KV head's group) from which the products go through `gemm`.
 const GEMM_ROWS: usize = 4;
+/// Query rows whose scores are held at a time.
+const ROW_TILE: usize = 64;
 
 /// The head layout of an attention layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +29,7 @@ pub struct Heads {
     pub hd: usize,
 }
 
-/// Write `seq` positions of keys and values (`(seq, n_kv, hd)` each, f32) at `pos` of one layer's cache
+/// Write `seq` positions of keys and values (`(n_kv, seq, hd)` each, f32) at `pos` of one layer's cache
 /// (`(n_kv, ctx, hd)`), rounded to f16.
 #[allow(clippy::too_many_arguments)]
 pub fn store(
@@ -42,13 +44,11 @@ pub fn store(
 ) {
     assert!(pos + seq <= ctx && k.len() == seq * h.n_kv * h.hd && v.len() == k.len(), "cache write out of range");
     assert!(k_cache.len() == h.n_kv * ctx * h.hd && v_cache.len() == k_cache.len(), "cache size");
-    for i in 0..seq {
-        for g in 0..h.n_kv {
-            let src = (i * h.n_kv + g) * h.hd;
-            let dst = (g * ctx + pos + i) * h.hd;
-            half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut k_cache[dst..dst + h.hd], &k[src..src + h.hd]);
-            half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut v_cache[dst..dst + h.hd], &v[src..src + h.hd]);
-        }
+    let run = seq * h.hd;
+    for g in 0..h.n_kv {
+        let (src, dst) = (g * run, (g * ctx + pos) * h.hd);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut k_cache[dst..dst + run], &k[src..src + run]);
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut v_cache[dst..dst + run], &v[src..src + run]);
     }
 }
 
@@ -122,8 +122,8 @@ fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
 }
 
 /// Attention of `seq` queries at positions `pos..pos + seq` over keys and values `0..pos + seq` of one
-/// layer: `q` is `(seq, n_head, hd)` (RoPE applied), the caches `(n_kv, ctx, hd)` with those positions
-/// written, `out` `(seq, n_head, hd)`. `window`: a query sees only the keys less than this many positions
+/// layer: `q` is `(n_head, seq, hd)` (RoPE applied), the caches `(n_kv, ctx, hd)` with those positions
+/// written, `out` `(seq, n_head, hd)`, i.e. `(seq, n_head · hd)` as the output projection reads it. `window`: a query sees only the keys less than this many positions
 /// behind it (llama.cpp's standard sliding window).
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
@@ -144,7 +144,6 @@ pub fn attend(
     assert!(k_cache.len() == h.n_kv * ctx * hd && v_cache.len() == k_cache.len(), "cache size");
     let shared = SharedOut(out.as_mut_ptr());
     (0..h.n_kv).into_par_iter().for_each(|g| {
-        let rows = group * seq; // row r = (head in group) · seq + query
         let to_f32 = |cache: &[f16]| -> Vec<f32> {
             let mut buf = vec![0f32; total * hd];
             half::slice::HalfFloatSliceExt::convert_to_f32_slice(
@@ -154,67 +153,81 @@ pub fn attend(
             buf
         };
         let (keys, values) = (to_f32(k_cache), to_f32(v_cache));
-        // The queries, as f16 values (llama.cpp converts them for the F16 matmul).
-        let mut qs = vec![0f32; rows * hd];
-        for (r, row) in qs.chunks_exact_mut(hd).enumerate() {
-            let (head, i) = (g * group + r / seq, r % seq);
-            for (d, s) in row.iter_mut().zip(&q[(i * h.n_head + head) * hd..]) {
-                *d = f16::from_f32(*s).to_f32();
-            }
-        }
-        let mut scores = vec![0f32; rows * total];
-        if rows >= GEMM_ROWS {
-            matmul_t(&qs, &keys, &mut scores, rows, total, hd);
-        } else {
-            for (r, s) in scores.chunks_exact_mut(total).enumerate() {
-                let qr = &qs[r * hd..(r + 1) * hd];
-                for (j, s) in s.iter_mut().enumerate().take(pos + r % seq + 1) {
-                    *s = dot(qr, &keys[j * hd..(j + 1) * hd]);
+        // Rows r = (head in the group) · seq + query, a tile at a time: the scores of a tile are all that is
+        // held besides this head's keys and values.
+        let rows = group * seq;
+        let mut qs = vec![0f32; ROW_TILE * hd];
+        let mut scores = vec![0f32; ROW_TILE * total];
+        let mut o = vec![0f32; ROW_TILE * hd];
+        for r0 in (0..rows).step_by(ROW_TILE) {
+            let n = (rows - r0).min(ROW_TILE);
+            let (qs, scores, o) = (&mut qs[..n * hd], &mut scores[..n * total], &mut o[..n * hd]);
+            // The queries, as f16 values (llama.cpp converts them for the F16 matmul).
+            for (t, row) in qs.chunks_exact_mut(hd).enumerate() {
+                let (head, i) = (g * group + (r0 + t) / seq, (r0 + t) % seq);
+                for (d, s) in row.iter_mut().zip(&q[(head * seq + i) * hd..]) {
+                    *d = f16::from_f32(*s).to_f32();
                 }
             }
-        }
-        // Softmax over the visible keys; the probabilities rounded to f16 (the V matmul's activation type).
-        for (r, s) in scores.chunks_exact_mut(total).enumerate() {
-            let p = pos + r % seq;
-            let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-            let visible = lo..p + 1;
-            let mut max = f32::NEG_INFINITY;
-            for x in &mut s[visible.clone()] {
-                *x *= scale;
-                max = max.max(*x);
+            if n >= GEMM_ROWS {
+                matmul_t(qs, &keys, scores, n, total, hd);
+            } else {
+                for (t, s) in scores.chunks_exact_mut(total).enumerate() {
+                    let qr = &qs[t * hd..(t + 1) * hd];
+                    for (j, s) in s.iter_mut().enumerate().take(pos + (r0 + t) % seq + 1) {
+                        *s = dot(qr, &keys[j * hd..(j + 1) * hd]);
+                    }
+                }
             }
-            let mut sum = 0f64;
-            for x in &mut s[visible.clone()] {
-                *x = (*x - max).exp();
-                sum += f64::from(*x);
+            // Softmax over the visible keys; the probabilities rounded to f16 (the V matmul's activation type).
+            for (t, s) in scores.chunks_exact_mut(total).enumerate() {
+                let p = pos + (r0 + t) % seq;
+                let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                let visible = lo..p + 1;
+                let mut max = f32::NEG_INFINITY;
+                for x in &mut s[visible.clone()] {
+                    *x *= scale;
+                    max = max.max(*x);
+                }
+                let mut sum = 0f64;
+                for x in &mut s[visible.clone()] {
+                    *x = (*x - max).exp();
+                    sum += f64::from(*x);
+                }
+                let inv = (1.0 / sum) as f32;
+                for (j, x) in s.iter_mut().enumerate() {
+                    *x = if visible.contains(&j) { f16::from_f32(*x * inv).to_f32() } else { 0.0 };
+                }
             }
-            let inv = (1.0 / sum) as f32;
-            for (j, x) in s.iter_mut().enumerate() {
-                *x = if visible.contains(&j) { f16::from_f32(*x * inv).to_f32() } else { 0.0 };
-            }
-        }
-        let mut o = vec![0f32; rows * hd];
-        if rows >= GEMM_ROWS {
-            matmul(&scores, &values, &mut o, rows, hd, total);
-        } else {
-            for (r, orow) in o.chunks_exact_mut(hd).enumerate() {
-                for (j, &p) in scores[r * total..(r + 1) * total].iter().enumerate() {
-                    if p != 0.0 {
-                        for (d, v) in orow.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                            *d += p * v;
+            if n >= GEMM_ROWS {
+                matmul(scores, &values, o, n, hd, total);
+            } else {
+                o.fill(0.0);
+                for (t, orow) in o.chunks_exact_mut(hd).enumerate() {
+                    for (j, &p) in scores[t * total..(t + 1) * total].iter().enumerate() {
+                        if p != 0.0 {
+                            for (d, v) in orow.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                                *d += p * v;
+                            }
                         }
                     }
                 }
             }
-        }
-        for (r, orow) in o.chunks_exact(hd).enumerate() {
-            let (head, i) = (g * group + r / seq, r % seq);
-            for (d, &v) in orow.iter().enumerate() {
-                // SAFETY: each (query, head) row belongs to one KV head's task; the index is inside `out`.
-                unsafe { shared.write((i * h.n_head + head) * hd + d, v) };
+            for (t, orow) in o.chunks_exact(hd).enumerate() {
+                let (head, i) = (g * group + (r0 + t) / seq, (r0 + t) % seq);
+                for (d, &v) in orow.iter().enumerate() {
+                    // SAFETY: each (query, head) row belongs to one task and tile; the index is inside `out`.
+                    unsafe { shared.write((i * h.n_head + head) * hd + d, v) };
+                }
             }
         }
     });
+}
+
+/// Bytes `attend` holds besides its inputs and output, per worker thread, for a context of `ctx` positions and
+/// heads of `hd` values: one head's keys and values widened to f32, and one tile of scores.
+pub fn working_bytes_per_thread(ctx: usize, hd: usize) -> u64 {
+    ((2 * ctx * hd + ROW_TILE * ctx + 2 * ROW_TILE * hd) * std::mem::size_of::<f32>()) as u64
 }
 
 #[cfg(test)]
@@ -243,7 +256,7 @@ mod tests {
         for i in 0..seq {
             for head in 0..h.n_head {
                 let g = head / (h.n_head / h.n_kv);
-                let qv = |d: usize| r16(q[(i * h.n_head + head) * h.hd + d]);
+                let qv = |d: usize| r16(q[(head * seq + i) * h.hd + d]);
                 let kv = |j: usize, d: usize, x: &[f32]| r16(x[(j * h.n_kv + g) * h.hd + d]);
                 let p = pos + i;
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
@@ -274,8 +287,13 @@ mod tests {
             let v: Vec<f32> = (0..n).map(|i| value(i, step * 3 + 2)).collect();
             let q: Vec<f32> = (0..seq * h.n_head * h.hd).map(|i| value(i, step * 3)).collect();
             store(h, &k, &v, &mut kc, &mut vc, ctx, pos, seq);
-            all_k.extend(&k);
-            all_v.extend(&v);
+            // The reference reads keys and values position-major: (position, kv head, hd).
+            for i in 0..seq {
+                for g in 0..h.n_kv {
+                    all_k.extend(&k[(g * seq + i) * h.hd..(g * seq + i + 1) * h.hd]);
+                    all_v.extend(&v[(g * seq + i) * h.hd..(g * seq + i + 1) * h.hd]);
+                }
+            }
             let mut out = vec![0f32; q.len()];
             attend(h, &q, &kc, &vc, ctx, pos, seq, scale, window, &mut out);
             let expected = reference(h, &q, &all_k, &all_v, pos, seq, scale, window);
@@ -292,6 +310,8 @@ mod tests {
         run(Heads { n_head: 6, n_kv: 2, hd: 16 }, 64, &[9, 1, 1, 5, 1], None);
         run(Heads { n_head: 4, n_kv: 4, hd: 64 }, 40, &[17, 1, 2, 1], None);
         run(Heads { n_head: 2, n_kv: 1, hd: 8 }, 32, &[12, 1, 1, 7], Some(5));
+        // More query rows than one tile holds (3 heads · 40 queries).
+        run(Heads { n_head: 6, n_kv: 2, hd: 16 }, 96, &[40, 1, 45], Some(50));
     }
 
     #[test]
@@ -299,7 +319,7 @@ mod tests {
         let h = Heads { n_head: 2, n_kv: 2, hd: 2 };
         let mut kc = vec![f16::ZERO; 2 * 3 * 2];
         let mut vc = kc.clone();
-        store(h, &[1.0, 2.0, 3.0, 1.0 / 3.0], &[0.0; 4], &mut kc, &mut vc, 3, 1, 1);
+        store(h, &[1.0, 2.0, 3.0, 1.0 / 3.0], &[0.0; 4], &mut kc, &mut vc, 3, 1, 1); // (n_kv, seq, hd)
         assert_eq!(kc[2..4], [f16::from_f32(1.0), f16::from_f32(2.0)]); // head 0, position 1
         assert_eq!(kc[8..10], [f16::from_f32(3.0), f16::from_f32(1.0 / 3.0)]); // head 1, position 1
     }

@@ -206,6 +206,28 @@ impl WeightType {
         }
     }
 
+    /// candle's name for the type (its CUDA kernels run the model on a GPU); `None` for IQ4_NL, which candle
+    /// does not have.
+    pub fn to_candle(self) -> Option<candle_core::quantized::GgmlDType> {
+        use candle_core::quantized::GgmlDType as G;
+        Some(match self {
+            WeightType::F32 => G::F32,
+            WeightType::F16 => G::F16,
+            WeightType::BF16 => G::BF16,
+            WeightType::Q4_0 => G::Q4_0,
+            WeightType::Q4_1 => G::Q4_1,
+            WeightType::Q5_0 => G::Q5_0,
+            WeightType::Q5_1 => G::Q5_1,
+            WeightType::Q8_0 => G::Q8_0,
+            WeightType::Q2_K => G::Q2K,
+            WeightType::Q3_K => G::Q3K,
+            WeightType::Q4_K => G::Q4K,
+            WeightType::Q5_K => G::Q5K,
+            WeightType::Q6_K => G::Q6K,
+            WeightType::IQ4_NL => return None,
+        })
+    }
+
     /// Bytes of one row of `cols` elements; `None` if `cols` is not a whole number of blocks (or overflows).
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
         if cols == 0 || !cols.is_multiple_of(self.block_elems()) {

@@ -8,7 +8,6 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::blocks::attention::{attention, causal_mask, round_f16};
 use super::blocks::embeddings::TokenEmbeddings;
 use super::blocks::kv_cache::KvCache;
 use super::blocks::linear::Linear;
@@ -55,7 +54,6 @@ impl Llama {
         let p = params;
         let (e, kv) = (p.n_embd, p.n_head_kv * p.head_dim);
         // Ids are checked against the vocabulary before every lookup (`LlmModel::check_ids`).
-        let embd_dtype = ld.info("token_embd.weight")?.dtype;
         let table = ld.linear("token_embd.weight", &[e, p.vocab], &Device::Cpu)?;
 
         let mut blocks = Vec::with_capacity(p.n_layer);
@@ -90,7 +88,7 @@ impl Llama {
         };
         Ok(Llama {
             params: params.clone(),
-            embeddings: TokenEmbeddings::new(&table, embd_dtype)?,
+            embeddings: TokenEmbeddings::new(&table)?,
             blocks,
             output_norm,
             output,
@@ -104,7 +102,7 @@ impl Decoder for Llama {
         let p = &self.params;
         let seq = tokens.len();
         let mut x = self.embeddings.lookup(tokens, p.n_embd)?;
-        let mask = causal_mask(seq, pos)?;
+        let scale = 1.0 / (p.head_dim as f32).sqrt();
         for (i, b) in self.blocks.iter().enumerate() {
             x = x.to_device(&b.device)?;
             let h = b.attn_norm.forward(&x)?;
@@ -114,11 +112,7 @@ impl Decoder for Llama {
             let (cos, sin) = rope.at(pos, seq, &b.device)?;
             let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?.squeeze(0)?;
             let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?.squeeze(0)?;
-            // llama.cpp keeps K and V in f16 and multiplies in f16: round the same way to agree with it.
-            let (q, k, v) = (round_f16(&q)?, round_f16(&k)?, round_f16(&v)?);
-            let (k_all, v_all) = cache.append(i, &k, &v, pos)?;
-            let attn = attention(&q, &k_all, &v_all, mask.as_ref(), p)?;
-            let attn = attn.transpose(0, 1)?.reshape((seq, p.n_embd))?;
+            let attn = cache.attend(i, &q, &k, &v, pos, scale, None)?;
             x = (x + b.wo.forward(&attn)?)?;
             let h = b.ffn_norm.forward(&x)?;
             x = (x + b.mlp.forward(&h)?)?;
