@@ -67,8 +67,31 @@ fn time(mut f: impl FnMut(), min_secs: f64) -> f64 {
     spent / f64::from(n)
 }
 
+/// Decoding from memory: one matrix larger than the caches, one activation row.
+fn stream(ty: WeightType) {
+    let (n, k) = (if ty.block_elems() == 256 { 65536 } else { 49152 }, 8192);
+    let w = matrix(ty, n, k);
+    let bytes = (n * ty.row_bytes(k).unwrap()) as f64;
+    for isa in Isa::available().into_iter().skip(1) {
+        let x = LayerInput::new((0..k).map(|i| (i % 13) as f32 - 6.0).collect(), 1, k);
+        let mut y = vec![0f32; n];
+        let t = time(|| w.matmul_with(isa, &x, &mut y), 2.0);
+        println!(
+            "{:7} stream {n}x{k} ({:.0} MB) {:12} decode {:7.2} GB/s",
+            ty.name(),
+            bytes / 1e6,
+            isa.name(),
+            bytes / t / 1e9
+        );
+    }
+}
+
 fn main() {
     let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    if let Some(ty) = filter.as_deref().and_then(|f| f.strip_prefix("stream-")) {
+        let ty = WeightType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(ty)).expect("a weight type");
+        return stream(ty);
+    }
     let shapes = [
         (2048usize, 2048usize, "attn 2048x2048"),
         (8192, 2048, "ffn up 8192x2048"),

@@ -6,6 +6,18 @@
 
 use std::arch::x86_64::*;
 
+/// How far ahead of the block in use the row kernels prefetch the weights. Decoding streams every matrix
+/// from memory once per token; the hardware prefetcher alone left a third of the bandwidth unused. The rows
+/// of a matrix are contiguous, so this runs on into the next row. A prefetch never faults, so it may point
+/// past the end.
+pub const PREFETCH: usize = 3072;
+
+/// Prefetch the cache line `PREFETCH` bytes after `p`.
+#[inline(always)]
+pub unsafe fn prefetch_ahead(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+}
+
 /// Sum of 8 f32 lanes.
 #[inline(always)]
 pub unsafe fn hsum_ps(v: __m256) -> f32 {

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2_common::hsum_ps;
+use super::avx2_common::{hsum_ps, prefetch_ahead};
 
 /// How a float weight type widens 8 values to f32.
 pub trait FloatRow {
@@ -65,6 +65,7 @@ unsafe fn rows<W: FloatRow, const C: usize>(w: &[u8], a: &[&[f32]; C], out: &mut
     let mut acc = [[_mm256_setzero_ps(); 2]; C];
     let mut i = 0;
     while i + 16 <= n {
+        prefetch_ahead(w.as_ptr().add(i * W::BYTES));
         let w0 = W::load8(w.as_ptr().add(i * W::BYTES));
         let w1 = W::load8(w.as_ptr().add((i + 8) * W::BYTES));
         for c in 0..C {

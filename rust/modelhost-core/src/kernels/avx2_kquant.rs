@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::act::ActRow;
-use super::avx2_common::{f16x8, hsum_ps, scale_pair, Avx2, Avx512Vnni, AvxVnni, ByteDot};
+use super::avx2_common::{f16x8, hsum_ps, prefetch_ahead, scale_pair, Avx2, Avx512Vnni, AvxVnni, ByteDot};
 use super::blocks::{q3k_scales, scale_min_k4};
 use super::types::QK_K;
 
@@ -209,6 +209,9 @@ unsafe fn rows<K: KQuant, D: ByteDot, const C: usize>(w: &[u8], a: &[ActRow<'_>;
     let mut mins = [_mm256_setzero_ps(); C];
     for b in 0..nb {
         let blk = w.as_ptr().add(b * K::BYTES);
+        for line in (0..K::BYTES).step_by(64) {
+            prefetch_ahead(blk.wrapping_add(line));
+        }
         let scales = K::scales(blk);
         let mut sumi = [_mm256_setzero_si256(); C];
         for k in 0..QK_K / 32 {

@@ -7,7 +7,9 @@
 use std::arch::x86_64::*;
 
 use super::act::ActRow;
-use super::avx2_common::{bytes_from_bits, f16x8, hsum_ps, nibbles, Avx2, Avx512Vnni, AvxVnni, ByteDot};
+use super::avx2_common::{
+    bytes_from_bits, f16x8, hsum_ps, nibbles, prefetch_ahead, Avx2, Avx512Vnni, AvxVnni, ByteDot,
+};
 use super::types::QK;
 
 /// How one 32-element block type is laid out and unpacked into 32 bytes.
@@ -107,6 +109,7 @@ unsafe fn rows<B: Block32, D: ByteDot, const C: usize>(w: &[u8], a: &[ActRow<'_>
     // Σ m·s in every lane (lane 0 is read).
     let mut mins = [_mm256_setzero_ps(); C];
     for b in 0..nb {
+        prefetch_ahead(w.as_ptr().add(b * B::BYTES));
         let (v, d, m) = B::load(w.as_ptr().add(b * B::BYTES));
         let u = if B::SIGNED { _mm256_sign_epi8(v, v) } else { v };
         for c in 0..C {
