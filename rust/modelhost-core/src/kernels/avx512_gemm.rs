@@ -8,8 +8,13 @@ use super::avx2_q32::{Block32, Iq4Nl, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::panel::{ActPanels, PackedRows, LANES};
 use super::types::{WeightType, QK, QK_K};
 
-/// Weight rows per tile: each activation load feeds this many `vpdpbusd`.
-pub const TILE_ROWS: usize = 8;
+/// Weight rows per tile: each activation load feeds this many `vpdpbusd` per panel.
+pub const TILE_ROWS: usize = 4;
+/// Activation panels per tile at most: each broadcast of 4 weight bytes feeds this many `vpdpbusd` (with
+/// one panel, the broadcasts alone kept the load ports busier than the multiply units).
+pub const TILE_PANELS: usize = 2;
+/// One tile's results: per weight row, the activation rows of its panels.
+pub type Tile = [[f32; TILE_PANELS * LANES]; TILE_ROWS];
 
 /// Sum of the 32 signed bytes of `v`, and of each half.
 #[inline(always)]
@@ -58,9 +63,8 @@ unsafe fn pack_kquant<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
             (p.d[i], p.m[i]) = (_mm256_cvtss_f32(d), _mm256_cvtss_f32(dmin));
             p.corr[i] = -128 * corr;
             p.sc[i * 16..i * 16 + 16].copy_from_slice(&sc);
-            for pair in 0..8 {
-                let (lo, hi) = if K::SUB == 16 { (mn[2 * pair], mn[2 * pair + 1]) } else { (mn[pair], mn[pair]) };
-                p.mins[i * 8 + pair] = (lo & 0xffff) | (hi << 16);
+            for pair in 0..QK_K / K::SUB / 2 {
+                p.mins[i * 8 + pair] = (mn[2 * pair] & 0xffff) | (mn[2 * pair + 1] << 16);
             }
         }
     }
@@ -94,111 +98,133 @@ unsafe fn bcast4(p: *const i8) -> __m512i {
     _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
 }
 
-/// Rows `r0..r0+TILE_ROWS` (the last `count`-th repeated) of a 32-element type against panel `g`.
+/// Rows `r0..r0+TILE_ROWS` (the last `count`-th repeated) of a 32-element type against panels `g..g+P`.
 #[inline(always)]
-unsafe fn tile_q32<const MIN: bool>(
+unsafe fn tile_q32<const MIN: bool, const P: usize>(
     p: &PackedRows,
     r0: usize,
     count: usize,
     a: &ActPanels,
     g: usize,
-    out: &mut [[f32; LANES]; TILE_ROWS],
+    out: &mut Tile,
 ) {
     let (cols, nb) = (p.cols, p.nb);
     let rows: [usize; TILE_ROWS] = std::array::from_fn(|t| r0 + t.min(count - 1));
-    let aq = a.q.as_ptr().add(g * cols * LANES);
-    let ad = a.d.as_ptr().add(g * nb * LANES);
-    let mut acc = [_mm512_setzero_ps(); TILE_ROWS];
+    let aq: [*const u8; P] = std::array::from_fn(|k| a.q.as_ptr().add((g + k) * cols * LANES));
+    let ad: [*const f32; P] = std::array::from_fn(|k| a.d.as_ptr().add((g + k) * nb * LANES));
+    let mut acc = [[_mm512_setzero_ps(); P]; TILE_ROWS];
     for b in 0..nb {
-        let mut sums: [__m512i; TILE_ROWS] = std::array::from_fn(|t| _mm512_set1_epi32(p.corr[rows[t] * nb + b]));
+        let mut sums: [[__m512i; P]; TILE_ROWS] =
+            std::array::from_fn(|t| [_mm512_set1_epi32(p.corr[rows[t] * nb + b]); P]);
         for g4 in 0..QK / 4 {
-            let av = _mm512_loadu_si512(aq.add((b * 8 + g4) * 64) as *const __m512i);
+            let av: [__m512i; P] =
+                std::array::from_fn(|k| _mm512_loadu_si512(aq[k].add((b * 8 + g4) * 64) as *const __m512i));
             for t in 0..TILE_ROWS {
                 let w = bcast4(p.q.as_ptr().add(rows[t] * cols + b * QK + g4 * 4));
-                sums[t] = _mm512_dpbusd_epi32(sums[t], av, w);
+                for k in 0..P {
+                    sums[t][k] = _mm512_dpbusd_epi32(sums[t][k], av[k], w);
+                }
             }
         }
-        let da = _mm512_loadu_ps(ad.add(b * LANES));
-        for t in 0..TILE_ROWS {
-            let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[t] * nb + b]));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t]), scale, acc[t]);
-        }
-        if MIN {
-            let s = _mm512_loadu_ps(a.s.as_ptr().add((g * nb + b) * LANES));
+        for k in 0..P {
+            let da = _mm512_loadu_ps(ad[k].add(b * LANES));
             for t in 0..TILE_ROWS {
-                acc[t] = _mm512_fmadd_ps(s, _mm512_set1_ps(p.m[rows[t] * nb + b]), acc[t]);
+                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[t] * nb + b]));
+                acc[t][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t][k]), scale, acc[t][k]);
+            }
+            if MIN {
+                let s = _mm512_loadu_ps(a.s.as_ptr().add(((g + k) * nb + b) * LANES));
+                for t in 0..TILE_ROWS {
+                    acc[t][k] = _mm512_fmadd_ps(s, _mm512_set1_ps(p.m[rows[t] * nb + b]), acc[t][k]);
+                }
             }
         }
     }
     for t in 0..TILE_ROWS {
-        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        for k in 0..P {
+            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), acc[t][k]);
+        }
     }
 }
 
-/// Rows `r0..r0+TILE_ROWS` of a K-quant against panel `g`: per super-block, each sub-block's integer sum
-/// is scaled (`vpmulld`) into one exact integer, converted once.
+/// Rows `r0..r0+TILE_ROWS` of a K-quant against panels `g..g+P`: per super-block, each sub-block's integer
+/// sum is scaled (`vpmulld`) into one exact integer, converted once.
 #[inline(always)]
-unsafe fn tile_kquant<const SUB: usize, const MIN: bool>(
+unsafe fn tile_kquant<const SUB: usize, const MIN: bool, const P: usize>(
     p: &PackedRows,
     r0: usize,
     count: usize,
     a: &ActPanels,
     g: usize,
-    out: &mut [[f32; LANES]; TILE_ROWS],
+    out: &mut Tile,
 ) {
     let (cols, nb) = (p.cols, p.nb);
     let rows: [usize; TILE_ROWS] = std::array::from_fn(|t| r0 + t.min(count - 1));
-    let aq = a.q.as_ptr().add(g * cols * LANES);
-    let ad = a.d.as_ptr().add(g * nb * LANES);
-    let mut acc = [_mm512_setzero_ps(); TILE_ROWS];
+    let aq: [*const u8; P] = std::array::from_fn(|k| a.q.as_ptr().add((g + k) * cols * LANES));
+    let ad: [*const f32; P] = std::array::from_fn(|k| a.d.as_ptr().add((g + k) * nb * LANES));
+    let mut acc = [[_mm512_setzero_ps(); P]; TILE_ROWS];
     for b in 0..nb {
-        let mut total: [__m512i; TILE_ROWS] = std::array::from_fn(|t| _mm512_set1_epi32(p.corr[rows[t] * nb + b]));
+        let mut total: [[__m512i; P]; TILE_ROWS] =
+            std::array::from_fn(|t| [_mm512_set1_epi32(p.corr[rows[t] * nb + b]); P]);
         for j in 0..QK_K / SUB {
-            let mut sums = [_mm512_setzero_si512(); TILE_ROWS];
+            let mut sums = [[_mm512_setzero_si512(); P]; TILE_ROWS];
             for g4 in 0..SUB / 4 {
-                let av = _mm512_loadu_si512(aq.add((b * (QK_K / 4) + j * (SUB / 4) + g4) * 64) as *const __m512i);
+                let at = (b * (QK_K / 4) + j * (SUB / 4) + g4) * 64;
+                let av: [__m512i; P] = std::array::from_fn(|k| _mm512_loadu_si512(aq[k].add(at) as *const __m512i));
                 for t in 0..TILE_ROWS {
                     let w = bcast4(p.q.as_ptr().add(rows[t] * cols + b * QK_K + j * SUB + g4 * 4));
-                    sums[t] = _mm512_dpbusd_epi32(sums[t], av, w);
+                    for k in 0..P {
+                        sums[t][k] = _mm512_dpbusd_epi32(sums[t][k], av[k], w);
+                    }
                 }
             }
             for t in 0..TILE_ROWS {
                 let scale = _mm512_set1_epi32(p.sc[(rows[t] * nb + b) * 16 + j]);
-                total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sums[t], scale));
-            }
-        }
-        let da = _mm512_loadu_ps(ad.add(b * LANES));
-        for t in 0..TILE_ROWS {
-            let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[t] * nb + b]));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t]), scale, acc[t]);
-        }
-        if MIN {
-            let mut mins = [_mm512_setzero_si512(); TILE_ROWS];
-            let bsum = a.bsum.as_ptr().add((g * nb + b) * 8 * 2 * LANES);
-            for pair in 0..8 {
-                let bv = _mm512_loadu_si512(bsum.add(pair * 2 * LANES) as *const __m512i);
-                for t in 0..TILE_ROWS {
-                    let m = _mm512_set1_epi32(p.mins[(rows[t] * nb + b) * 8 + pair]);
-                    mins[t] = _mm512_dpwssd_epi32(mins[t], bv, m);
+                for k in 0..P {
+                    total[t][k] = _mm512_add_epi32(total[t][k], _mm512_mullo_epi32(sums[t][k], scale));
                 }
             }
+        }
+        for k in 0..P {
+            let da = _mm512_loadu_ps(ad[k].add(b * LANES));
             for t in 0..TILE_ROWS {
-                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.m[rows[t] * nb + b]));
-                acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), scale, acc[t]);
+                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[t] * nb + b]));
+                acc[t][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t][k]), scale, acc[t][k]);
+            }
+            if MIN {
+                // Σ min · (sum of the activations under it), a pair of sub-blocks per `vpdpwssd`.
+                let pairs = QK_K / SUB / 2;
+                let mut mins = [_mm512_setzero_si512(); TILE_ROWS];
+                let sums = if SUB == 32 { &a.bsum32 } else { &a.bsum };
+                let bsum = sums.as_ptr().add(((g + k) * nb + b) * pairs * 2 * LANES);
+                for pair in 0..pairs {
+                    let bv = _mm512_loadu_si512(bsum.add(pair * 2 * LANES) as *const __m512i);
+                    for t in 0..TILE_ROWS {
+                        let m = _mm512_set1_epi32(p.mins[(rows[t] * nb + b) * 8 + pair]);
+                        mins[t] = _mm512_dpwssd_epi32(mins[t], bv, m);
+                    }
+                }
+                for t in 0..TILE_ROWS {
+                    let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.m[rows[t] * nb + b]));
+                    acc[t][k] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), scale, acc[t][k]);
+                }
             }
         }
     }
     for t in 0..TILE_ROWS {
-        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        for k in 0..P {
+            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), acc[t][k]);
+        }
     }
 }
 
-/// Packed rows `r0..r0+count` (`count <= TILE_ROWS`) against activation panel `g`: `out[t][l]` is row
-/// `r0+t` · activation row `16g+l`.
+/// Packed rows `r0..r0+count` (`count <= TILE_ROWS`) against activation panels `g..g+panels` (1 or 2):
+/// `out[t][16k + l]` is row `r0+t` · activation row `16(g+k)+l`.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F/BW/VL/VNNI; `p` holds rows `r0..r0+count` of `ty`, `g < a.groups`, and `a`
-/// was built from the activation format of `ty` with `p.cols` columns.
+/// The CPU must have AVX-512 F/BW/VL/VNNI; `p` holds rows `r0..r0+count` of `ty`, `g + panels <= a.groups`,
+/// and `a` was built from the activation format of `ty` with `p.cols` columns.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn tile(
     ty: WeightType,
@@ -207,16 +233,24 @@ pub unsafe fn tile(
     count: usize,
     a: &ActPanels,
     g: usize,
-    out: &mut [[f32; LANES]; TILE_ROWS],
+    panels: usize,
+    out: &mut Tile,
 ) {
+    macro_rules! run {
+        ($f:ident::<$($c:tt),*>) => {
+            if panels == 2 {
+                $f::<$($c,)* 2>(p, r0, count, a, g, out)
+            } else {
+                $f::<$($c,)* 1>(p, r0, count, a, g, out)
+            }
+        };
+    }
     match ty {
-        WeightType::Q4_1 | WeightType::Q5_1 => tile_q32::<true>(p, r0, count, a, g, out),
-        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => {
-            tile_q32::<false>(p, r0, count, a, g, out)
-        }
-        WeightType::Q2_K => tile_kquant::<16, true>(p, r0, count, a, g, out),
-        WeightType::Q3_K | WeightType::Q6_K => tile_kquant::<16, false>(p, r0, count, a, g, out),
-        WeightType::Q4_K | WeightType::Q5_K => tile_kquant::<32, true>(p, r0, count, a, g, out),
+        WeightType::Q4_1 | WeightType::Q5_1 => run!(tile_q32::<true>),
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => run!(tile_q32::<false>),
+        WeightType::Q2_K => run!(tile_kquant::<16, true>),
+        WeightType::Q3_K | WeightType::Q6_K => run!(tile_kquant::<16, false>),
+        WeightType::Q4_K | WeightType::Q5_K => run!(tile_kquant::<32, true>),
         WeightType::F32 | WeightType::F16 | WeightType::BF16 => unreachable!("float types have no panel path"),
     }
 }

@@ -176,4 +176,11 @@ impl SharedOut {
     pub(super) unsafe fn write(&self, i: usize, v: f32) {
         *self.0.add(i) = v;
     }
+
+    /// # Safety
+    /// `at..at + values.len()` is in bounds and no other thread touches it concurrently.
+    #[inline(always)]
+    pub(super) unsafe fn write_run(&self, at: usize, values: &[f32]) {
+        std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len());
+    }
 }

@@ -47,8 +47,10 @@ pub struct ActPanels {
     pub d: Vec<f32>,
     /// Q8_1: per panel and block, 16 rows' `d·Σq`.
     pub s: Vec<f32>,
-    /// Q8_K: per panel, super-block and pair of 16-sums: 16 rows × 2 sums (i16), for the minimums.
+    /// Q8_K: per panel, super-block and pair of 16-sums: 16 rows × 2 sums (i16), for the minimums per 16.
     pub bsum: Vec<i16>,
+    /// Q8_K: the same for pairs of 32-sums (the minimums per 32 of Q4_K and Q5_K).
+    pub bsum32: Vec<i16>,
 }
 
 impl ActPanels {
@@ -65,6 +67,7 @@ impl ActPanels {
             d: vec![0.0; groups * nb * LANES],
             s: if q.s.is_empty() { Vec::new() } else { vec![0.0; groups * nb * LANES] },
             bsum: if q.format == ActFormat::Q8_K { vec![0; groups * nb * 8 * 2 * LANES] } else { Vec::new() },
+            bsum32: if q.format == ActFormat::Q8_K { vec![0; groups * nb * 4 * 2 * LANES] } else { Vec::new() },
         };
         for row in 0..m {
             let (g, l) = (row / LANES, row % LANES);
@@ -81,11 +84,17 @@ impl ActPanels {
                     p.s[(g * nb + b) * LANES + l] = a.s[b];
                 }
                 if !p.bsum.is_empty() {
+                    // Sums of 16 or 32 bytes of ±127 fit an i16.
+                    let sums = &a.sums[b * 16..(b + 1) * 16];
                     for pair in 0..8 {
                         let at = ((g * nb + b) * 8 + pair) * 2 * LANES + l * 2;
-                        // Sums of 16 bytes of ±127 fit an i16.
-                        p.bsum[at] = a.sums[b * 16 + 2 * pair] as i16;
-                        p.bsum[at + 1] = a.sums[b * 16 + 2 * pair + 1] as i16;
+                        p.bsum[at] = sums[2 * pair] as i16;
+                        p.bsum[at + 1] = sums[2 * pair + 1] as i16;
+                    }
+                    for pair in 0..4 {
+                        let at = ((g * nb + b) * 4 + pair) * 2 * LANES + l * 2;
+                        p.bsum32[at] = (sums[4 * pair] + sums[4 * pair + 1]) as i16;
+                        p.bsum32[at + 1] = (sums[4 * pair + 2] + sums[4 * pair + 3]) as i16;
                     }
                 }
             }
@@ -113,8 +122,8 @@ pub struct PackedRows {
     pub corr: Vec<i32>,
     /// K-quants, per row and super-block: the 16 sub-block scales.
     pub sc: Vec<i32>,
-    /// K-quants with minimums, per row and super-block: 8 pairs of i16 minimums (for `vpdpwssd` with the
-    /// pairs of activation sums).
+    /// K-quants with minimums, per row and super-block: pairs of i16 minimums (for `vpdpwssd` with the pairs of
+    /// activation sums): 8 pairs of the minimums per 16, or 4 of those per 32.
     pub mins: Vec<i32>,
 }
 
@@ -150,19 +159,27 @@ pub fn gemm(w: &WeightMatrix, x: &LayerInput, y: &mut [f32]) {
         let src: Vec<&[u8]> = rows.clone().map(|r| w.row_bytes(r)).collect();
         // SAFETY: `worth_it` checked the CPU's AVX-512 VNNI; the rows hold `cols` values of `ty`.
         unsafe { k::pack(ty, &src, packed) };
-        let mut tile = [[0f32; LANES]; k::TILE_ROWS];
-        for g in 0..panels.groups {
-            let valid = (panels.rows - g * LANES).min(LANES);
+        let mut tile: k::Tile = [[0f32; k::TILE_PANELS * LANES]; k::TILE_ROWS];
+        // The results of a tile's panels, by activation row: written out as runs of this task's rows, not element
+        // by element down the columns of `y`.
+        let mut block = [[0f32; TASK_ROWS]; k::TILE_PANELS * LANES];
+        for g in (0..panels.groups).step_by(k::TILE_PANELS) {
+            let count_panels = (panels.groups - g).min(k::TILE_PANELS);
+            let valid = (panels.rows - g * LANES).min(count_panels * LANES);
             for r0 in (0..rows.len()).step_by(k::TILE_ROWS) {
                 let count = (rows.len() - r0).min(k::TILE_ROWS);
-                // SAFETY: as above; `r0 + count` rows are packed and `g` is a panel.
-                unsafe { k::tile(ty, packed, r0, count, panels, g, &mut tile) };
+                // SAFETY: as above; `r0 + count` rows are packed and panels `g..g + count_panels` exist.
+                unsafe { k::tile(ty, packed, r0, count, panels, g, count_panels, &mut tile) };
                 for (t, lanes) in tile[..count].iter().enumerate() {
-                    for (l, &v) in lanes[..valid].iter().enumerate() {
-                        // SAFETY: weight rows are partitioned between tasks; the index is inside `y`.
-                        unsafe { out.write((g * LANES + l) * n + rows.start + r0 + t, v) };
+                    for (l, &v) in lanes[..count_panels * LANES].iter().enumerate() {
+                        block[l][r0 + t] = v;
                     }
                 }
+            }
+            for (l, results) in block[..valid].iter().enumerate() {
+                let at = (g * LANES + l) * n + rows.start;
+                // SAFETY: weight rows are partitioned between tasks; the run is inside `y`.
+                unsafe { out.write_run(at, &results[..rows.len()]) };
             }
         }
     });
