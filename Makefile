@@ -20,7 +20,16 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-.PHONY: models  ## fetch the two sample models (idempotent, checksummed)
+# llama-cpp-python, the reference the family checks compare against: PyPI has only its sdist, so the wheel is compiled
+# once per machine into ~/.cache/modelhost/wheels (about 10 minutes on 2 cores) and installed from there.
+$(VENV)/.peers: $(VENV)/.deps scripts/peer_wheels.py
+	$(PY) scripts/peer_wheels.py install $(PY)
+	touch $@
+
+.PHONY: peers  ## llama-cpp-python in the venv, from the wheel cache (built on first use)
+peers: $(VENV)/.peers
+
+.PHONY: models  ## fetch the sample models (idempotent, checksummed)
 models: $(VENV)/.deps
 	$(PY) scripts/fetch_models.py "$(MODELHOST_MODELS_DIR)"
 
@@ -34,8 +43,8 @@ build-prod: $(VENV)/.deps
 	$(VENV)/bin/maturin build --release -q -o $(WHEEL_DIR)
 	$(PY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/modelhost-*.whl
 
-.PHONY: install  ## venv, tools, release wheel and sample models
-install: build-prod models
+.PHONY: install  ## venv, tools, llama-cpp-python, release wheel and sample models
+install: build-prod peers models
 
 .PHONY: format  ## format Rust and Python
 format: $(VENV)/.deps
@@ -57,9 +66,9 @@ lint-rust:
 .PHONY: lint  ## all linters
 lint: lint-rust lint-python
 
-.PHONY: test  ## set everything up, lint, then cargo test (core) and pytest (Python API), on the real models
+.PHONY: test  ## set everything up, lint, then cargo test (core, server) and pytest (Python API), on the real models
 test: install lint
-	cargo test --release -p modelhost-core
+	cargo test --release -p modelhost-core -p modelhost-server
 	$(PY) -m pytest -q
 
 .PHONY: demo  ## set everything up, load SmolLM2 with a progress bar, show its info, chat once, unload

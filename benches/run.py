@@ -4,8 +4,10 @@
     python benches/run.py --quick    # seconds-long smoke run of modelhost alone (CI): exits 1 only on errors
 
 Each system runs in its own subprocess (benches/workers.py) with every thread pool pinned to 2 threads, on the
-same model files. The full run writes benches/results/<date>-<host>.json and .md, benches/results/latest.md, and
-the table in benches/README.md. See benches/README.md for what is measured and how.
+same model files, in interleaved rounds: every round runs modelhost's worker and then the peer's for each task
+(ours, theirs, ours, theirs, ...), and a ratio is the median of the per-round ratios, shown with their range. The full
+run writes benches/results/<date>-<host>.json and .md, benches/results/latest.md, and the table in
+benches/README.md. See benches/README.md for what is measured and how.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import platform
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,17 +36,19 @@ import _common as C  # noqa: E402
 FULL_JOBS = [("modelhost", "llm"), ("llama", "llm"), ("modelhost", "embed"), ("st", "embed"), ("modelhost", "catalog")]
 QUICK_JOBS = [("modelhost", "llm"), ("modelhost", "embed"), ("modelhost", "catalog")]
 PEER_NAMES = {"llama": "llama-cpp-python", "st": "sentence-transformers", "modelhost": "modelhost"}
-COMPARISONS = [  # (title, task, peer system)
-    ("LLM: SmolLM2-135M-Instruct Q4_1 (GGUF), modelhost vs llama-cpp-python", "llm", "llama"),
-    ("Embedding: all-MiniLM-L6-v2 (safetensors), modelhost vs sentence-transformers", "embed", "st"),
+COMPARISONS = [  # (title: model, size and weight type; task; peer system)
+    ("LLM: SmolLM2-135M-Instruct, 135M parameters, Q4_1 GGUF, modelhost vs llama-cpp-python", "llm", "llama"),
+    ("Embedding: all-MiniLM-L6-v2, 23M parameters, f32 safetensors, modelhost vs sentence-transformers", "embed", "st"),
 ]
+# A ratio needs this many interleaved rounds (each a modelhost worker and a peer worker back to back).
+MIN_ROUNDS = 3
 LABELS = {
     "import_s": "import time",
     "load_cold_s": "load, cold page cache",
     "cold_first_token_s": "cold load → first token (load + 1-token completion)",
     "cold_first_embed_s": "cold load → first embedding",
     "load_warm_s": "load, warm page cache",
-    "second_instance_s": "second instance of a loaded model",
+    "second_instance_s": "second instance of a loaded model (modelhost shares its weights; the peer loads again)",
     "model_hit_us": "`model(key)` hit (already loaded)",
     "prompt_tps": "prompt processing (~128-token prompt)",
     "ttft_s": "time to first token (~128-token prompt)",
@@ -62,7 +67,18 @@ LABELS = {
     "list_models_first_ms": "`list_downloaded_models()`, 200 entries, fresh client",
     "list_models_repeat_ms": "`list_downloaded_models()`, 200 entries, repeated",
 }
+# Where a metric means something else for one task.
+TASK_LABELS = {
+    ("embed", "load_cold_s"): "load call, cold page cache (modelhost maps the weights; the first embedding reads them)",
+    ("embed", "load_warm_s"): "load call, warm page cache (modelhost maps the weights; the first embedding reads them)",
+}
 ORDER = list(LABELS)
+
+
+def label(task: str, metric: str) -> str:
+    return TASK_LABELS.get((task, metric), LABELS.get(metric, metric))
+
+
 NOISY_CORES = C.NOISY_CORES
 
 
@@ -165,7 +181,10 @@ def run_job(
 
 
 def merge_rounds(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Fold a later round's worker result into an earlier one: samples pooled, medians recomputed."""
+    """Fold a later round's worker result into an earlier one: samples pooled, medians recomputed; each round's own
+    metrics kept (in ``rounds``) for the per-round ratios."""
+    a.setdefault("rounds", [a["metrics"]]).append(b["metrics"])
+    a["metrics"] = dict(a["metrics"])
     for k, m in b["metrics"].items():
         if k not in a["metrics"]:
             a["metrics"][k] = m
@@ -183,10 +202,16 @@ def merge_rounds(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float | None:
-    if not a or not b or key not in a or key not in b or not b[key]:
-        return None
-    return a[key] / b[key]
+def round_ratios(mh_run: dict[str, Any], peer_run: dict[str, Any], metric: str) -> list[float]:
+    """modelhost ÷ peer of the medians of each interleaved round (the two workers of a round ran back to back)."""
+    out = []
+    for a, b in zip(
+        mh_run.get("rounds", [mh_run.get("metrics", {})]), peer_run.get("rounds", [peer_run.get("metrics", {})])
+    ):
+        x, y = a.get(metric, {}).get("median"), b.get(metric, {}).get("median")
+        if x is not None and y:
+            out.append(x / y)
+    return out
 
 
 def reading(r: float | None, better: str, metric: str) -> str:
@@ -220,22 +245,32 @@ def fmt(x: float | None) -> str:
 
 
 def cell(m: dict[str, Any] | None) -> str:
+    """Median [min-max] of every sample."""
     if not m or "median" not in m:
         return "—"
     if len(m["samples"]) == 1:
         return fmt(m["median"])
-    return f"{fmt(m['median'])} ({fmt(m['best'])})"
+    return f"{fmt(m['median'])} [{fmt(min(m['samples']))} to {fmt(max(m['samples']))}]"
+
+
+def ratio_cell(r: dict[str, Any]) -> str:
+    if r["ratio_median"] is None:
+        return "—"
+    lo, hi = r["ratio_range"]
+    return f"{fmt(r['ratio_median'])} [{fmt(lo)} to {fmt(hi)}]"
 
 
 def compare(runs: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for title, task, peer in COMPARISONS:
-        mh = runs.get(f"modelhost/{task}", {}).get("metrics", {})
-        pr = runs.get(f"{peer}/{task}", {}).get("metrics", {})
+        mh_run, peer_run = runs.get(f"modelhost/{task}", {}), runs.get(f"{peer}/{task}", {})
+        mh, pr = mh_run.get("metrics", {}), peer_run.get("metrics", {})
         for k in [k for k in ORDER if k in mh or k in pr] + sorted((set(mh) | set(pr)) - set(ORDER)):
             m, p = mh.get(k), pr.get(k)
             meta = m or p
-            r_med = ratio(m, p, "median")
+            per_round = round_ratios(mh_run, peer_run, k) if m and p else []
+            # Fewer rounds than MIN_ROUNDS give no ratio: one pair of workers is not a comparison on a noisy machine.
+            r_med = statistics.median(per_round) if len(per_round) >= MIN_ROUNDS else None
             rows.append(
                 {
                     "section": title,
@@ -247,7 +282,8 @@ def compare(runs: dict[str, Any]) -> list[dict[str, Any]]:
                     "modelhost": m,
                     "peer_value": p,
                     "ratio_median": r_med,
-                    "ratio_best": ratio(m, p, "best"),
+                    "ratio_range": [min(per_round), max(per_round)] if r_med is not None else None,
+                    "round_ratios": per_round,
                     "reading": reading(r_med, meta["better"], k),
                 }
             )
@@ -289,8 +325,9 @@ def markdown(res: dict[str, Any]) -> str:
     )
     L.append(
         f"- Settings: {C.THREADS} threads for every system, context length {C.CONTEXT_LENGTH}, batch "
-        f"{C.EVAL_BATCH}; {res['reps']} repetitions x {res['rounds']} round(s) after a warm-up that is not counted; "
-        "each system in its own process. Cells are **median (best)**; best = min for times, max for rates."
+        f"{C.EVAL_BATCH}; {res['rounds']} interleaved round(s) (per task: modelhost's worker, then the peer's, each "
+        f"in its own process), {res['reps']} repetitions per worker after a warm-up that is not counted. Cells are "
+        "**median [min-max]** over every sample."
     )
     mh_ver = next(
         (r["info"].get("modelhost_version") for r in runs.values() if r["info"].get("modelhost_version")), None
@@ -325,7 +362,11 @@ def markdown(res: dict[str, Any]) -> str:
             "entries instead of 200; the labels below name the full run's sizes. Not for comparisons."
         )
     L.append("")
-    L.append("Ratios are modelhost ÷ peer on the medians; the *better* column says which direction wins.")
+    L.append(
+        "A ratio is modelhost ÷ peer: the median over the rounds of each round's ratio of medians, with the range of "
+        f"those per-round ratios in brackets (none with fewer than {MIN_ROUNDS} rounds); the *better* column says "
+        "which direction wins."
+    )
     rows = compare(runs)
     for title, task, peer in COMPARISONS:
         sect = [r for r in rows if r["task"] == task]
@@ -341,8 +382,8 @@ def markdown(res: dict[str, Any]) -> str:
             ]
             for r in sect:
                 L.append(
-                    f"| {LABELS.get(r['metric'], r['metric'])} | {r['unit']} | {r['better']} | "
-                    f"{cell(r['modelhost'])} | {cell(r['peer_value'])} | {fmt(r['ratio_median'])} | "
+                    f"| {label(task, r['metric'])} | {r['unit']} | {r['better']} | "
+                    f"{cell(r['modelhost'])} | {cell(r['peer_value'])} | {ratio_cell(r)} | "
                     f"{r['reading']} |"
                 )
         else:
@@ -354,9 +395,7 @@ def markdown(res: dict[str, Any]) -> str:
                 "|---|---|---|---:|",
             ]
             for r in sect:
-                L.append(
-                    f"| {LABELS.get(r['metric'], r['metric'])} | {r['unit']} | {r['better']} | {cell(r['modelhost'])} |"
-                )
+                L.append(f"| {label(task, r['metric'])} | {r['unit']} | {r['better']} | {cell(r['modelhost'])} |")
     cat = runs.get("modelhost/catalog", {}).get("metrics", {})
     if cat:
         L += ["", "## modelhost only: catalog", "", "| metric | unit | modelhost |", "|---|---|---:|"]
@@ -393,7 +432,7 @@ def markdown(res: dict[str, Any]) -> str:
         "## Noise",
         "",
         "Cores used by other processes (and stolen by the hypervisor) while each worker ran; the machine is "
-        "shared, so a run with more than ~0.2 is suspect and best-of values are the better guide.",
+        "shared, so a round with more than ~0.2 is suspect; the per-round ratios show how far it moved them.",
         "",
     ]
     for key, r in runs.items():
@@ -467,12 +506,18 @@ def main() -> int:
         help="where results go (default benches/results; with --quick a temp dir, nothing kept)",
     )
     ap.add_argument("--only", choices=["modelhost", "peers"], default=None, help="run one side only")
+    ap.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks to run (llm, embed, catalog; default all), e.g. where only one peer is installed",
+    )
     ap.add_argument("--report", type=Path, default=None, help="re-render the markdown of a results JSON, run nothing")
     ap.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="run every worker this many times (alternating order) and pool the samples",
+        default=None,
+        help=f"interleaved rounds: each runs, per task, modelhost's worker then the peer's (default {MIN_ROUNDS}, "
+        f"the fewest that give a ratio; 1 with --quick)",
     )
     ap.add_argument("--timeout", type=float, default=1800, help="per-worker timeout in seconds")
     ap.add_argument(
@@ -494,7 +539,8 @@ def main() -> int:
             (HERE / "results" / "latest.md").write_text(table)
             update_readme(table)
         return 0
-    reps = args.reps or (1 if args.quick else 5)
+    reps = args.reps or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else MIN_ROUNDS)
     if args.python:
         py = args.python
     elif args.quick:
@@ -515,6 +561,9 @@ def main() -> int:
         jobs = [j for j in jobs if j[0] == "modelhost"]
     elif args.only == "peers":
         jobs = [j for j in jobs if j[0] != "modelhost"]
+    if args.tasks:
+        wanted = set(args.tasks.split(","))
+        jobs = [j for j in jobs if j[1] in wanted]
 
     env_file = Path(py).resolve().parent.parent / "bench-env.json"
     if not env_file.exists():
@@ -525,7 +574,7 @@ def main() -> int:
         "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "quick": args.quick,
         "reps": reps,
-        "rounds": args.rounds,
+        "rounds": rounds,
         "threads": C.THREADS,
         "context_length": C.CONTEXT_LENGTH,
         "models_dir": str(args.models_dir),
@@ -540,9 +589,10 @@ def main() -> int:
         (args.out_dir or HERE / "results").mkdir(parents=True, exist_ok=True)
         partial = (args.out_dir or HERE / "results") / f"{res['date']}-{res['machine']['host']}.json.tmp"
     with tempfile.TemporaryDirectory(prefix="modelhost-bench-") as tmp:
-        for rnd in range(args.rounds):
-            # later rounds run the jobs in reverse order, so no system always goes first
-            for system, task in jobs if rnd % 2 == 0 else jobs[::-1]:
+        for _ in range(rounds):
+            # Interleaved: the jobs list each task's modelhost worker before its peer's, so every round measures the
+            # pair back to back (ours, theirs, ours, theirs, ...) and a ratio compares like moments of the machine.
+            for system, task in jobs:
                 job_py = args.modelhost_python if system == "modelhost" and args.modelhost_python else py
                 r = run_job(job_py, system, task, args.models_dir, reps, args.quick, Path(tmp), args.timeout, max_wait)
                 key = f"{system}/{task}"
@@ -563,7 +613,7 @@ def main() -> int:
         stem = f"{res['date']}-{res['machine']['host']}" + ("-quick" if args.quick else "")
         (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
         (out_dir / f"{stem}.md").write_text(table)
-        if not args.quick and args.only is None:
+        if not args.quick and args.only is None and args.tasks is None:
             (out_dir / "latest.md").write_text(table)
             if out_dir.resolve() == (HERE / "results").resolve():
                 update_readme(table)

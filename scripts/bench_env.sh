@@ -19,11 +19,10 @@ PY="${BENCH_PYTHON:-python3}"
 PEERS_ONLY=0
 [[ "${1:-}" == "--peers-only" ]] && PEERS_ONLY=1
 
-LLAMA_CPP_PYTHON_VERSION="0.3.36"
-# llama.cpp's native build (GGML_NATIVE=ON) enables the AMX kernels, which crash on these machines' CPUs (AMD EPYC
-# that report AVX-512 but whose AMX path segfaults in llama.cpp). So: native off, every ISA extension this CPU has
-# switched on by hand, AMX off. The reference outputs in shared/refs were produced with exactly these flags.
-LLAMA_CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF'
+# llama-cpp-python is compiled once per machine by scripts/peer_wheels.py (version and CMake flags there: native off,
+# AMX off, as the reference outputs in shared/refs were produced) into ~/.cache/modelhost/wheels, and installed from
+# there, so the bench venv and the test venv run the same build.
+PEER_WHEELS="$ROOT/scripts/peer_wheels.py"
 # PyPI has no CPU-only torch build (the CPU wheels live on PyTorch's own index, which is not reachable here), so the
 # default PyPI torch is used; torch.set_num_threads(2) keeps the comparison at 2 threads either way.
 PEER_PACKAGES=(sentence-transformers torch numpy psutil)
@@ -39,20 +38,9 @@ VPY="$VENV/bin/python"
 STAMP_DIR="$VENV/.bench-stamps"
 mkdir -p "$STAMP_DIR"
 
-# --- llama-cpp-python, from source (PyPI ships only the sdist), rebuilt only when the version or flags change ---
-llama_stamp="$STAMP_DIR/llama-cpp-python"
-llama_want="$LLAMA_CPP_PYTHON_VERSION $LLAMA_CMAKE_ARGS"
-if [[ "$(cat "$llama_stamp" 2>/dev/null)" != "$llama_want" ]] || ! "$VPY" -c 'import llama_cpp' 2>/dev/null; then
-    log "building llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION from source (about 10 min on 2 cores)"
-    # --no-cache-dir: pip's wheel cache is keyed on the sdist, not on CMAKE_ARGS, so a cached build could carry
-    # other flags.
-    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" FORCE_CMAKE=1 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-        nice -n 10 "$VPY" -m pip install -q --no-cache-dir --no-binary llama-cpp-python --force-reinstall \
-        "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
-    printf '%s' "$llama_want" >"$llama_stamp"
-else
-    log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION already built with these flags"
-fi
+# --- llama-cpp-python, from the wheel cache (built there on first use, about 10 min on 2 cores) ---
+"$VPY" "$PEER_WHEELS" install "$VPY"
+LLAMA_CMAKE_ARGS="$("$VPY" "$PEER_WHEELS" cmake-args)"
 
 # --- sentence-transformers, torch, numpy, psutil ---
 peers_stamp="$STAMP_DIR/peers"

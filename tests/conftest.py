@@ -9,7 +9,15 @@ import modelhost
 import modelhost._core
 import modelhost._default
 import pytest
-from helpers import EMB_KEY, EMB_WEIGHTS, LLM_FILE, LLM_KEY, default_models_dir
+from helpers import EMB_KEY, EMB_WEIGHTS, FAMILY_REPORT, LLM_FILE, LLM_KEY, default_models_dir
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The family checks' table (worst top-5 difference per architecture and weight type), when they ran."""
+    text = config.stash.get(FAMILY_REPORT, None)
+    if text is not None:
+        terminalreporter.write_sep("=", "modelhost vs llama.cpp per file (.pytest_cache/modelhost/families.md)")
+        terminalreporter.write(text)
 
 
 @pytest.fixture(scope="module", autouse=True)

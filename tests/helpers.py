@@ -14,17 +14,35 @@ from pathlib import Path
 from typing import Any
 
 import modelhost
+import pytest
 
 LLM_KEY = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 LLM_ALIAS = "smollm2-135m-instruct"
 LLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_KEY = "google/gemma-3-270m-GGUF"  # the third sample model (scripts/fetch_models.py)
 EMB_KEY = "sentence-transformers/all-MiniLM-L6-v2"
 EMB_ALIAS = "all-minilm-l6-v2"
 EMB_WEIGHTS = "model.safetensors"
 
 REFS = Path(__file__).parent / "refs"
 EOG_IDS = {0, 2, 4}  # SmolLM2's end-of-generation ids, as llama.cpp defines them
+# The family checks' summary (tests/test_families.py), printed at the end of the run by conftest.py.
+FAMILY_REPORT = pytest.StashKey[str]()
 STOP_REASONS = {"eosFound", "maxPredictedTokensReached", "stopStringFound", "contextLengthReached", "userStopped"}
+
+
+def assert_ran(result: modelhost.PredictionResult, max_tokens: int | None) -> None:
+    """A prediction that really ran to a natural end: ``max_tokens`` tokens, an end-of-generation token before that,
+    or (no ``max_tokens``) the end of the context; its tokens, count and stop reason agree."""
+    stats = result.stats
+    assert stats.predicted_tokens_count == len(result.tokens), (stats, result.tokens)
+    if max_tokens is None:
+        assert stats.stop_reason in ("eosFound", "contextLengthReached"), stats
+    elif stats.stop_reason == "maxPredictedTokensReached":
+        assert len(result.tokens) == max_tokens, (stats, result.tokens)
+    else:
+        assert stats.stop_reason == "eosFound" and len(result.tokens) < max_tokens, (stats, result.tokens)
+    assert stats.prompt_tokens_count is not None and stats.prompt_tokens_count > 0
 
 
 def default_models_dir() -> Path:

@@ -143,3 +143,24 @@ def test_client_argument_types(models_dir: Path) -> None:
         lms.Client(models_dir, max_loaded=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         lms.Client(models_dir, auto_evict="yes")  # type: ignore[arg-type]
+
+
+def test_an_unloaded_instance_counts_until_its_request_ends(models_dir: Path) -> None:
+    """``unload()`` of a busy instance takes it out of the table at once, but its memory stays until its request
+    ends: until then the budget still counts it, so a load that only fits without it is refused (it cannot be
+    evicted either: it is busy), never admitted over the budget. Once the request ends, the same load fits."""
+    with lms.Client(models_dir) as probe:
+        llm_needed = probe.llm.estimate(LLM_KEY, {"contextLength": 512}).total_bytes
+        emb_needed = probe.embedding.estimate(EMB_KEY).total_bytes
+    with lms.Client(models_dir, memory_budget=llm_needed + emb_needed - 1) as client:
+        llm = client.llm.model(LLM_KEY, config={"contextLength": 512})
+        stream = llm.complete_stream("1, 2, 3, 4, 5,", {"maxTokens": 30, "temperature": 0})
+        next(stream)  # in flight
+        llm.unload()
+        assert client.llm.list_loaded() == []
+        with pytest.raises(lms.InsufficientMemoryError) as info:
+            client.embedding.model(EMB_KEY)
+        assert str(llm_needed) in str(info.value)  # what the draining instance holds is in the message
+        assert client.embedding.list_loaded() == []
+        assert stream.result().stats.predicted_tokens_count == 30  # the request in flight finished
+        assert client.embedding.model(EMB_KEY).is_loaded()  # and its memory is free now

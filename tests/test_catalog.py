@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import modelhost as lms
@@ -16,11 +15,8 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_list_downloaded_models(client: lms.Client, models_dir: Path) -> None:
     before = _core.mapped_file_count()
-    start = time.perf_counter()
     models = client.list_downloaded_models()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"catalog scan took {elapsed:.3f} s"  # headers only: milliseconds when idle
-    assert _core.mapped_file_count() == before  # headers only
+    assert _core.mapped_file_count() == before  # headers only: nothing stays mapped
     by_key = {m.model_key: m for m in models}
     assert {LLM_KEY, EMB_KEY} <= set(by_key)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import modelhost as lms
 import modelhost._default
 import pytest
-from helpers import EMB_ALIAS, EMB_KEY, LLM_ALIAS, LLM_KEY
+from helpers import EMB_ALIAS, EMB_KEY, GEMMA_KEY, LLM_ALIAS, LLM_KEY
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,7 +25,7 @@ def test_default_client_is_lazy_and_shared(default_client: None, models_dir: Pat
     assert set(lms.list_loaded_models()) == {llm, emb}
     assert lms.list_loaded_models("embedding") == [emb]
     assert {m.model_key for m in lms.list_downloaded_models()} >= {LLM_KEY, EMB_KEY}
-    assert [m.model_key for m in lms.list_downloaded_models("llm")] == [LLM_KEY]
+    assert {m.model_key for m in lms.list_downloaded_models("llm")} == {LLM_KEY, GEMMA_KEY}
 
 
 def test_configure_before_first_use(default_client: None, models_dir: Path, tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import struct
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from gguf_writer import (
     TensorInfo,
     tensor_nbytes,
 )
-from helpers import EMB_KEY, LLM_KEY, emb_path, mapping_lines, thread_count, wait_until
+from helpers import EMB_KEY, LLM_KEY, assert_ran, emb_path, mapping_lines, thread_count, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from modelhost import _core
@@ -393,12 +392,10 @@ def test_hostile_chat_template_is_bounded(case: str, module_client: mh.Client, k
     path.write_bytes(_with(_set_kv("tokenizer.chat_template", value=HOSTILE_TEMPLATES[case])))
     llm = module_client.llm.load_new_instance(str(path), f"template-{case}")
     try:
-        start = time.monotonic()
         with pytest.raises(mh.InvalidConfigError, match="chat template"):
             llm.respond("hi", config={"maxTokens": 1})
-        assert time.monotonic() - start < 10
-        assert llm.complete("Hello", config={"maxTokens": 2}).content is not None  # raw prompts still work
-        assert keeper.complete("Hello", config={"maxTokens": 2, "temperature": 0}).content is not None
+        assert_ran(llm.complete("Hello", config={"maxTokens": 2}), 2)  # raw prompts still work
+        assert_ran(keeper.complete("Hello", config={"maxTokens": 2, "temperature": 0}), 2)
     finally:
         llm.unload()
 

@@ -452,7 +452,7 @@ def test_ttl_never_evicts_a_request_in_flight(client: lms.Client) -> None:
     def long_request() -> None:
         try:
             started = time.monotonic()
-            # Several times the TTL at ~200 tok/s (two cores).
+            # 600 tokens: several times the TTL on these machines.
             box["result"] = llm.complete("1, 2, 3, 4, 5,", {"maxTokens": 600, "temperature": 0})
             box["duration"] = time.monotonic() - started
         except BaseException as e:
@@ -490,20 +490,19 @@ def test_ttl_never_evicts_a_request_in_flight(client: lms.Client) -> None:
 def test_second_instance_shares_the_mapping(client: lms.Client, models_dir: Path) -> None:
     path = llm_path(models_dir)
     before = _core.mapped_file_count()
-    first_start = time.perf_counter()
-    a = client.llm.load_new_instance(LLM_KEY)
-    first_load = time.perf_counter() - first_start
+    first_progress: list[float] = []
+    a = client.llm.load_new_instance(LLM_KEY, on_load_progress=first_progress.append)
     count_a = _core.mapped_file_count()
     ranges_a = mapped_ranges(path)
     assert count_a == before + 1
     assert ranges_a and mapped_inode_count(path) == 1
-    second_start = time.perf_counter()
-    b = client.llm.load_new_instance(LLM_KEY)
-    second_load = time.perf_counter() - second_start
+    second_progress: list[float] = []
+    b = client.llm.load_new_instance(LLM_KEY, on_load_progress=second_progress.append)
     assert b.identifier == f"{LLM_KEY}:2"
     assert _core.mapped_file_count() == count_a
     assert mapped_ranges(path) == ranges_a  # the same mapping, not a second one
-    assert second_load < max(2.0, 2 * first_load), (first_load, second_load)  # no second read of the weights
+    # No second read of the weights: the first load reports them landing chunk by chunk, the second has none.
+    assert len(first_progress) > 2 and second_progress == [0.0, 1.0], (first_progress, second_progress)
     a.unload()
     assert _core.mapped_file_count() == count_a  # b still uses it
     assert mapped_ranges(path) == ranges_a

@@ -28,7 +28,7 @@ from pathlib import Path
 import modelhost
 import modelhost.handles
 import pytest
-from helpers import EMB_KEY, LLM_KEY, placement_warnings_allowed
+from helpers import EMB_KEY, LLM_KEY, assert_ran, placement_warnings_allowed
 from modelhost.config import LlmPredictionConfig, prediction_config_from_user
 
 pytestmark = pytest.mark.timeout(120)
@@ -446,8 +446,8 @@ def test_chat_customize_parameters(lms_env: None) -> None:
         "maxTokens": 50,
     })
 
-    assert result.stats.predicted_tokens_count is not None
-    assert prediction_stream.result().content is not None
+    assert_ran(result, MAX_TOKENS)
+    assert_ran(prediction_stream.result(), MAX_TOKENS)
 
 
 def test_chatbot(lms_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -490,7 +490,7 @@ def test_chat_progress_callbacks_convenience(lms_env: None, capsys: pytest.Captu
     )
 
     assert capsys.readouterr().out.startswith("0.0% complete\n100.0% complete\n")
-    assert response.content is not None
+    assert_ran(response, MAX_TOKENS)
 
 
 def test_chat_progress_callbacks_scoped(lms_env: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -505,7 +505,7 @@ def test_chat_progress_callbacks_scoped(lms_env: None, capsys: pytest.CaptureFix
         )
 
     assert "100.0% complete" in capsys.readouterr().out
-    assert response.content is not None
+    assert_ran(response, MAX_TOKENS)
 
 
 # --- Text Completions -------------------------------------------------------------------------------------------------
@@ -601,7 +601,8 @@ def test_completion_customize_parameters(lms_env: None) -> None:
         "maxTokens": 50,
     })
 
-    assert result.content is not None and prediction_stream.result().content is not None
+    assert_ran(result, MAX_TOKENS)
+    assert_ran(prediction_stream.result(), MAX_TOKENS)
 
 
 def test_completion_progress_callbacks(lms_env: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -624,7 +625,7 @@ def test_completion_progress_callbacks(lms_env: None, capsys: pytest.CaptureFixt
 
     out = capsys.readouterr().out
     assert "100.0% complete" in out and "100.0% processed" in out
-    assert completion.content is not None
+    assert_ran(completion, MAX_TOKENS)
 
 
 # --- Configuring the Model (parameters) ------------------------------------------------------------------------------

@@ -72,10 +72,21 @@ def test_teacher_forced_argmax_agrees_where_llama_cpp_is_clear(llm: modelhost.LL
     assert checked > 0
 
 
-@pytest.mark.parametrize("case", RAW, ids=lambda c: c["prompt"][:30])
+# Free-running greedy output is compared up to llama.cpp's first near-tie, so only cases whose first step is clear
+# check anything here; the others are checked teacher-forced above (every clear step, after the near-ties too).
+RAW_CLEAR = [c for c in RAW if clear_prefix(c) > 0]
+CHAT_CLEAR = [c for c in CHAT if clear_prefix(c) > 0]
+
+
+def test_free_running_cases_check_tokens() -> None:
+    assert len(RAW_CLEAR) >= 2 and len(CHAT_CLEAR) >= 1, "the references have too few clear greedy starts"
+
+
+@pytest.mark.parametrize("case", RAW_CLEAR, ids=lambda c: c["prompt"][:30])
 def test_free_running_greedy_completion(llm: modelhost.LLM, case: dict[str, Any]) -> None:
     result = llm.complete(case["prompt"], config={"maxTokens": len(case["generated_ids"]), "temperature": 0})
     n = clear_prefix(case)
+    assert n >= 1
     assert result.tokens[:n] == case["generated_ids"][:n]
     agree = next(
         (i for i, (a, b) in enumerate(zip(result.tokens, case["generated_ids"])) if a != b), len(result.tokens)
@@ -83,10 +94,11 @@ def test_free_running_greedy_completion(llm: modelhost.LLM, case: dict[str, Any]
     print(f"{case['prompt']!r}: required {n}, agreed {agree} of {len(case['generated_ids'])}")
 
 
-@pytest.mark.parametrize("case", CHAT, ids=lambda c: c["messages"][-1]["content"][:30])
+@pytest.mark.parametrize("case", CHAT_CLEAR, ids=lambda c: c["messages"][-1]["content"][:30])
 def test_free_running_greedy_chat(llm: modelhost.LLM, case: dict[str, Any]) -> None:
     result = llm.respond(case["messages"], config={"maxTokens": len(case["generated_ids"]) + 1, "temperature": 0})
     n = clear_prefix(case)
+    assert n >= 1
     assert result.tokens[:n] == case["generated_ids"][:n]
     if case["stop_reason"] == "stop_token" and result.tokens == case["generated_ids"]:
         assert result.stats.stop_reason == "eosFound"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import modelhost as mh
 import pytest
-from helpers import EMB_KEY, LLM_FILE, LLM_KEY, link_or_copy, llm_path, mapping_lines, rss_bytes, thread_count
+from helpers import EMB_KEY, LLM_FILE, LLM_KEY, link_or_copy, llm_path, mapping_lines
 from modelhost import _core
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -407,4 +407,4 @@ def test_gguf_rewritten_in_place_is_not_mixed_in(models_dir: Path, tmp_path: Pat
         assert LLM_FILE in str(info.value)
         assert old.complete("Hi", {"maxTokens": 1}).stats.predicted_tokens_count == 1
         assert [h.identifier for h in client.llm.list_loaded()] == [old.identifier]
-    assert thread_count() > 0 and rss_bytes() > 0
+    assert _core.mapped_file_count() == 0, "the replaced file's mapping outlived the client"

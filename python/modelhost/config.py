@@ -238,8 +238,10 @@ class GpuSetting(_ConfigBase):
 
     Attributes:
         ratio: Share of the layers to put on GPUs, 0..1, or "max" (all) / "off" (none).
-        main_gpu: The GPU index that gets the embeddings, output head and the split's remainder.
-        split_strategy: "evenly" or "favorMainGpu".
+        main_gpu: With ``split_strategy="favorMainGpu"``, the GPU that takes every offloaded block (and the output
+            head when all blocks are offloaded); it must be present and not disabled, else InvalidConfigError. Not
+            used with "evenly". The token embeddings stay on the CPU either way.
+        split_strategy: "evenly" (offloaded blocks split over the enabled GPUs in index order) or "favorMainGpu".
         disabled_gpus: GPU indices not to use.
     """
 
@@ -361,9 +363,10 @@ class EmbeddingLoadModelConfig(_ConfigBase):
     Attributes:
         gpu: GPU offload settings (only ``ratio`` is supported: an embedding model sits on one device).
         context_length: Maximum tokens per input (inputs are truncated at the model's ``max_seq_length``).
-        rope_frequency_base: Not supported yet (BERT models have no RoPE).
-        rope_frequency_scale: Not supported yet.
-        keep_model_in_memory: Lock the weights' pages in memory.
+        rope_frequency_base: Not supported (BERT models have no RoPE): any value raises NotSupportedError.
+        rope_frequency_scale: Not supported, as ``rope_frequency_base``.
+        keep_model_in_memory: Not supported yet for embedding models (accepted when False; True raises
+            NotSupportedError).
         try_mmap: Map the weights file (zero-copy) instead of reading it into owned memory; default True.
         seed: Seed (modelhost extension; embeddings are deterministic, so it has no effect on them).
     """
@@ -374,7 +377,7 @@ class EmbeddingLoadModelConfig(_ConfigBase):
     context_length: int | None = field(default=None, metadata=_opt(_check_int))
     rope_frequency_base: float | None = field(default=None, repr=False, metadata=_unsupported())
     rope_frequency_scale: float | None = field(default=None, repr=False, metadata=_unsupported())
-    keep_model_in_memory: bool | None = field(default=None, metadata=_opt(_check_bool))
+    keep_model_in_memory: bool | None = field(default=None, metadata=_unsupported(False))
     try_mmap: bool | None = field(default=None, metadata=_opt(_check_bool))
     seed: int | None = field(default=None, metadata=_opt(_check_int))
 

@@ -15,6 +15,8 @@ Choices worth knowing:
   cancellations (e.g. the client was closed while loading).
 * :class:`NotSupportedError` is an :class:`InvalidConfigError`: an LM Studio option that modelhost recognises but
   does not implement yet, given at a non-default value.
+* :class:`InvalidInputError` is a ``ValueError`` about a request's input (a token id outside the vocabulary), not
+  about a config. A resource the operating system refuses (a thread that cannot start) is the builtin ``OSError``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "InstanceExistsError",
     "InsufficientMemoryError",
     "InvalidConfigError",
+    "InvalidInputError",
     "LoadCancelledError",
     "ModelHostError",
     "ModelKindError",
@@ -70,6 +73,10 @@ class ModelLoadError(ModelHostError, ValueError):
 
 class InvalidConfigError(ModelHostError, ValueError):
     """A bad load or prediction config key or value, or a bad argument."""
+
+
+class InvalidInputError(ModelHostError, ValueError):
+    """A request's input the model cannot take: a token id outside the vocabulary, an empty prompt."""
 
 
 class NotSupportedError(InvalidConfigError):

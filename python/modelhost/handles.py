@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Union, overload
 import numpy as np
 import numpy.typing as npt
 
-from .chat import AnyChatInput, to_messages
+from .chat import AnyChatInput, ChatMessageDict, to_messages
 from .config import (
     AnyLoadConfig,
     EmbeddingLoadModelConfig,
@@ -160,7 +160,7 @@ class LLM(ModelHandle):
 
     def _stream(
         self,
-        prompt: str,
+        prompt: str | list[ChatMessageDict],
         config: LlmPredictionConfig | Mapping[str, Any] | None,
         on_message: PredictionMessageCallback | None,
         on_first_token: PredictionFirstTokenCallback | None,
@@ -172,7 +172,11 @@ class LLM(ModelHandle):
         # Snapshot before starting: a finished request may see its instance evicted right after.
         info = self.get_info()
         load_config = self.get_load_config()
-        generation = self._instance.generate(prompt, core_config)
+        if isinstance(prompt, str):
+            generation = self._instance.generate(prompt, core_config, on_prompt_processing_progress)
+        else:
+            # The template's own BOS is not doubled by the tokenizer's, as in llama.cpp's chat.
+            generation = self._instance.generate_chat(prompt, core_config, on_prompt_processing_progress)
         return PredictionStream(
             generation,
             model_info=info,
@@ -181,7 +185,6 @@ class LLM(ModelHandle):
             on_message=on_message,
             on_first_token=on_first_token,
             on_prediction_fragment=on_prediction_fragment,
-            on_prompt_processing_progress=on_prompt_processing_progress,
         )
 
     def respond_stream(
@@ -203,14 +206,16 @@ class LLM(ModelHandle):
             on_message: Called with the assistant's message at the end (``chat.append`` fits).
             on_first_token: Called when the first token arrives.
             on_prediction_fragment: Called with every fragment.
-            on_prompt_processing_progress: Called with 0.0 when the prompt goes in and 1.0 when it is processed.
+            on_prompt_processing_progress: Called from the core while the prompt is processed: 0.0 first, then the
+                share done after each ``evalBatchSize`` chunk, 1.0 last (before the first token). An exception from it
+                stops the prediction and propagates unchanged.
 
         Returns:
             The stream: iterate it for fragments, then call ``result()``.
         """
-        prompt = self.apply_prompt_template(history)
+        messages = to_messages(history)
         return self._stream(
-            prompt, config, on_message, on_first_token, on_prediction_fragment, on_prompt_processing_progress
+            messages, config, on_message, on_first_token, on_prediction_fragment, on_prompt_processing_progress
         )
 
     def respond(

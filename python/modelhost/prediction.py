@@ -35,7 +35,8 @@ PredictionFirstTokenCallback = Callable[[], Any]
 PredictionFragmentCallback = Callable[["LlmPredictionFragment"], Any]
 """Called with every fragment, as iterating the stream yields them."""
 PromptProcessingCallback = Callable[[float], Any]
-"""Called with 0.0 when the prompt goes in and 1.0 when it is processed (the first token is out)."""
+"""Called while the prompt is processed: 0.0 first, the share done after each ``evalBatchSize`` chunk, 1.0 last (before
+the first token). An exception from it stops the prediction and propagates."""
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,8 @@ class PredictionStream:
         on_message: PredictionMessageCallback | None = None,
         on_first_token: PredictionFirstTokenCallback | None = None,
         on_prediction_fragment: PredictionFragmentCallback | None = None,
-        on_prompt_processing_progress: PromptProcessingCallback | None = None,
     ) -> None:
-        """Wrap a core generation; the handle creates streams, users don't."""
+        """Wrap a core generation; the handle creates streams, users don't (prompt progress goes to the core)."""
         self._generation: _core.Generation | None = generation
         self._model_info = model_info
         self._load_config = load_config
@@ -156,9 +156,7 @@ class PredictionStream:
         self._on_message = on_message
         self._on_first_token = on_first_token
         self._on_fragment = on_prediction_fragment
-        self._on_prompt_progress = on_prompt_processing_progress
         self._lock = threading.RLock()
-        self._started = False
         self._got_first = False
         self._result: PredictionResult | None = None
 
@@ -172,10 +170,6 @@ class PredictionStream:
             generation = self._generation
             if self._result is not None or generation is None:
                 raise StopIteration
-            if not self._started:
-                self._started = True
-                if self._on_prompt_progress is not None:
-                    self._on_prompt_progress(0.0)
             try:
                 raw = next(generation)
             except StopIteration:
@@ -197,8 +191,6 @@ class PredictionStream:
             )
             if not self._got_first:
                 self._got_first = True
-                if self._on_prompt_progress is not None:
-                    self._on_prompt_progress(1.0)
                 if self._on_first_token is not None:
                     self._on_first_token()
             if self._on_fragment is not None:
@@ -213,8 +205,6 @@ class PredictionStream:
             raw = generation.result()
         finally:
             del generation
-        if not self._got_first and self._on_prompt_progress is not None:
-            self._on_prompt_progress(1.0)
         content = str(raw.get("content", ""))
         self._result = PredictionResult(
             content=content,
@@ -266,7 +256,7 @@ class PredictionStream:
         generation.cancel()
         del generation
         with self._lock:
-            self._on_message = self._on_first_token = self._on_fragment = self._on_prompt_progress = None
+            self._on_message = self._on_first_token = self._on_fragment = None
             try:
                 for _ in self:
                     pass

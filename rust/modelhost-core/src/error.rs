@@ -65,6 +65,9 @@ pub enum Error {
     /// A bad load or prediction config value, or a bad argument.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// A request's input the model cannot take: a token id outside the vocabulary, an empty prompt.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// A prompt (or input) longer than the context allows.
     #[error("the prompt has {tokens} tokens but the context length is {context_length}")]
     ContextLengthExceeded {
@@ -98,8 +101,8 @@ pub enum Error {
         /// The client's limit.
         max_loaded: usize,
     },
-    /// A load cancelled by its progress callback (the callback's error is the source) or by Ctrl-C.
-    #[error("load cancelled")]
+    /// A load or a prediction cancelled by its progress callback (the callback's error is the source) or by Ctrl-C.
+    #[error("cancelled by the progress callback")]
     Cancelled(#[source] BoxError),
     /// A feature that is recognised but not implemented.
     #[error("not supported: {0}")]
@@ -109,6 +112,15 @@ pub enum Error {
     Io {
         /// The file.
         path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operating system refused a resource the host needs that is not a file (a thread, say).
+    #[error("{what}: {source}")]
+    System {
+        /// What could not be had.
+        what: String,
         /// The OS error.
         #[source]
         source: std::io::Error,

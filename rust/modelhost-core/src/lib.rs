@@ -35,6 +35,6 @@ pub mod text;
 pub use config::LoadConfig;
 pub use error::{BoxError, Error, Result};
 pub use host::catalog::{CatalogEntry, ModelKind};
-pub use host::{Generation, Host, HostOptions, InstanceHandle, LoadRequest, MemoryEstimate, Prompt};
+pub use host::{Generation, Host, HostOptions, InstanceHandle, LoadRequest, LoadedBy, MemoryEstimate, Prompt};
 pub use storage::Progress;
 pub use text::ChatMessage;

@@ -32,14 +32,15 @@ fn models_dir() -> PathBuf {
     }
 }
 
-fn model_dir() -> Option<PathBuf> {
+/// The model's folder; a missing model fails the test (the README's test command fetches it).
+fn model_dir() -> PathBuf {
     let dir = models_dir().join(MODEL_KEY);
-    if dir.join("model.safetensors").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: {} not found (run scripts/fetch_models.py)", dir.display());
-        None
-    }
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} not found: run `python3 scripts/fetch_models.py` (or `make test`, which fetches it)",
+        dir.display()
+    );
+    dir
 }
 
 fn refs() -> serde_json::Value {
@@ -73,7 +74,7 @@ fn compare(a: &[f32], b: &[f32]) -> (f64, f64) {
 #[test]
 fn matches_sentence_transformers() {
     let _g = serial();
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let refs = refs();
     let model = load(&dir, true);
     assert_eq!(model.dim(), refs["model"]["embedding_dim"].as_u64().unwrap() as usize);
@@ -126,7 +127,7 @@ fn matches_sentence_transformers() {
 #[test]
 fn shorter_context_truncates() {
     let _g = serial();
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let opts = EmbeddingLoadOptions { try_mmap: true, context_length: Some(8) };
     let model = EmbeddingModel::load(&dir, &opts, &mut Progress::new(None)).unwrap();
     assert_eq!(model.max_seq_length(), 8);
@@ -143,7 +144,7 @@ fn shorter_context_truncates() {
 #[test]
 fn inspect_reads_headers_only() {
     let _g = serial();
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let before = storage::mapped_file_count();
     let info = inspect(&dir).unwrap();
     assert_eq!(storage::mapped_file_count(), before);
@@ -157,7 +158,7 @@ fn inspect_reads_headers_only() {
 #[test]
 fn try_mmap_false_gives_identical_vectors() {
     let _g = serial();
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let texts = ["This is a test sentence.", "", "Café au lait", "A man is eating food."];
     let before = storage::mapped_file_count();
     let owned = load(&dir, false);
@@ -177,7 +178,7 @@ fn try_mmap_false_gives_identical_vectors() {
 #[test]
 fn progress_is_monotone_and_a_failing_callback_cancels() {
     let _g = serial();
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     for try_mmap in [true, false] {
         let mut seen = Vec::new();
         {
@@ -250,7 +251,7 @@ fn load_error(dir: &Path) -> (PathBuf, String) {
 #[test]
 fn damaged_files_name_the_file() {
     let _g = serial();
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let weights_bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
 
     let truncated = damaged_copy(&dir, "truncated", "model.safetensors", &weights_bytes[..weights_bytes.len() / 2]);
@@ -294,7 +295,7 @@ fn damaged_files_name_the_file() {
 
 #[test]
 fn fast_wordpiece_tokenizer_matches_tokenizers() {
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
     let ours = modelhost_core::text::wordpiece::load(&bytes).expect("MiniLM's tokenizer takes the fast path");
     let mut theirs = tokenizers::Tokenizer::from_bytes(&bytes).unwrap();
@@ -364,7 +365,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[ignore = "timing report, not a check"]
 fn timing_report() {
     let _g = serial();
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let opts = EmbeddingLoadOptions::default();
     let mut loads = Vec::new();
     for _ in 0..5 {

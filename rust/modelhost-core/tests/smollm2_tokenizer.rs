@@ -26,15 +26,16 @@ fn refs() -> Json {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The model's header, or None (with a note) when the model has not been fetched.
-fn header() -> Option<(GgufHeader, PathBuf)> {
+/// The model's header; a missing model fails the test (the README's test command fetches it).
+fn header() -> (GgufHeader, PathBuf) {
     let path = model_path();
-    if !path.exists() {
-        eprintln!("skipping: {} is absent (python3 scripts/fetch_models.py fetches it)", path.display());
-        return None;
-    }
+    assert!(
+        path.is_file(),
+        "{} not found: run `python3 scripts/fetch_models.py` (or `make test`, which fetches it)",
+        path.display()
+    );
     let bytes = std::fs::read(&path).unwrap();
-    Some((parse(&bytes, &path).unwrap(), path))
+    (parse(&bytes, &path).unwrap(), path)
 }
 
 fn ids(v: &Json) -> Vec<u32> {
@@ -55,7 +56,7 @@ fn unhex(s: &str) -> Vec<u8> {
 
 #[test]
 fn tokenization_matches_llama_cpp() {
-    let Some((header, path)) = header() else { return };
+    let (header, path) = header();
     let refs = refs();
 
     // Build time (not asserted: timings belong in benches). The first build in a process also
@@ -131,7 +132,7 @@ fn tokenization_matches_llama_cpp() {
 
 #[test]
 fn chat_template_matches_jinja2() {
-    let Some((header, path)) = header() else { return };
+    let (header, path) = header();
     let refs = refs();
     let tok = GgufTokenizer::from_gguf(&header, &path).unwrap();
     let chat = &refs["chat_template"];
@@ -171,7 +172,7 @@ fn array(header: &GgufHeader, key: &str) -> Vec<Value> {
 
 #[test]
 fn hostile_edits_of_the_real_metadata_are_load_errors() {
-    let Some((header, path)) = header() else { return };
+    let (header, path) = header();
     let load_error = |h: &GgufHeader, needle: &str| match GgufTokenizer::from_gguf(h, &path) {
         Err(e @ Error::ModelLoad { .. }) => {
             let msg = e.to_string();

@@ -14,6 +14,7 @@ import_exception!(modelhost.errors, InstanceExistsError);
 import_exception!(modelhost.errors, ModelUnloadedError);
 import_exception!(modelhost.errors, ModelLoadError);
 import_exception!(modelhost.errors, InvalidConfigError);
+import_exception!(modelhost.errors, InvalidInputError);
 import_exception!(modelhost.errors, InsufficientMemoryError);
 import_exception!(modelhost.errors, LoadCancelledError);
 import_exception!(modelhost.errors, ContextLengthExceededError);
@@ -53,6 +54,7 @@ impl From<PyModelHostError> for PyErr {
             Error::Closed => ClientClosedError::new_err(msg),
             Error::ModelLoad { .. } => ModelLoadError::new_err(msg),
             Error::InvalidConfig(_) => InvalidConfigError::new_err(msg),
+            Error::InvalidInput(_) => InvalidInputError::new_err(msg),
             Error::ContextLengthExceeded { .. } => ContextLengthExceededError::new_err(msg),
             Error::InsufficientMemory { .. } | Error::TooManyLoaded { .. } => InsufficientMemoryError::new_err(msg),
             Error::NotSupported(_) => NotSupportedError::new_err(msg),
@@ -61,7 +63,9 @@ impl From<PyModelHostError> for PyErr {
                 Ok(py_err) => *py_err,
                 Err(other) => LoadCancelledError::new_err(format!("load cancelled: {other}")),
             },
-            Error::Io { source, .. } => PyOSError::new_err((source.raw_os_error().unwrap_or(0), msg)),
+            Error::Io { source, .. } | Error::System { source, .. } => {
+                PyOSError::new_err((source.raw_os_error().unwrap_or(0), msg))
+            }
             Error::Candle(_) => ModelHostError::new_err(msg),
         }
     }

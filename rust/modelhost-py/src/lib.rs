@@ -3,6 +3,7 @@
 
 mod convert;
 mod error;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use modelhost_core::{
     BoxError, CatalogEntry, ChatMessage, Error, Generation, Host, HostOptions, InstanceHandle, LoadConfig, LoadRequest,
-    ModelKind, Progress, Prompt,
+    LoadedBy, ModelKind, Progress, Prompt,
 };
 use numpy::{ndarray::Array2, PyArray2};
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
@@ -21,8 +22,46 @@ use pyo3::types::{PyDict, PyList};
 use crate::convert::{from_py, to_py};
 use crate::error::{PyModelHostResult, WrapErr};
 
+/// `[{"role", "content"}, ...]` as core chat messages.
+fn chat_messages(messages: &Bound<'_, PyAny>) -> PyResult<Vec<ChatMessage>> {
+    let mut msgs = Vec::new();
+    for m in messages.try_iter()? {
+        let m = m?;
+        let field = |name: &str| -> PyResult<String> {
+            m.get_item(name)
+                .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
+                .extract::<String>()
+        };
+        msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
+    }
+    Ok(msgs)
+}
+
 fn kind(s: &str) -> PyModelHostResult<ModelKind> {
     Ok(ModelKind::parse(s)?)
+}
+
+/// A load on behalf of the host's own client (`None`), the CLI or the server.
+fn load_request<'a>(
+    ttl: Option<Duration>,
+    config: LoadConfig,
+    progress: Progress<'a>,
+    no_hup: bool,
+    loaded_by: Option<&str>,
+) -> modelhost_core::Result<LoadRequest<'a>> {
+    let mut req = LoadRequest::new(ttl, config, progress);
+    req.no_hup = no_hup;
+    req.loaded_by = match loaded_by {
+        None | Some("client") => None,
+        Some("cli") => Some(LoadedBy::Cli),
+        Some("server") => Some(LoadedBy::Server),
+        Some(other) => {
+            return Err(Error::InvalidConfig(format!(
+                "loaded_by must be \"client\", \"cli\" or \"server\", got {other:?}"
+            )))
+        }
+    };
+    Ok(req)
 }
 
 fn ttl(seconds: Option<f64>) -> PyModelHostResult<Option<Duration>> {
@@ -33,26 +72,31 @@ fn ttl(seconds: Option<f64>) -> PyModelHostResult<Option<Duration>> {
     }
 }
 
-/// Run a load with a progress callback that attaches, checks for Ctrl-C, then calls the user's function.
-/// A Python exception comes back boxed and is re-raised unchanged.
+/// A progress callback for the core: attaches, checks for Ctrl-C, then calls the user's function (if any). A Python
+/// exception goes back boxed, to be re-raised unchanged.
+fn progress_callback(callback: Option<&Py<PyAny>>) -> impl FnMut(f32) -> Result<(), BoxError> + '_ {
+    move |fraction: f32| -> Result<(), BoxError> {
+        // `try_attach` is None while the interpreter shuts down: then just go on.
+        Python::try_attach(|py| -> PyResult<()> {
+            py.check_signals()?;
+            if let Some(cb) = callback {
+                cb.call1(py, (fraction,))?;
+            }
+            Ok(())
+        })
+        .unwrap_or(Ok(()))
+        .map_err(|e| Box::new(e) as BoxError)
+    }
+}
+
+/// Run a load with a progress callback (`progress_callback`).
 fn with_progress<T: Send>(
     py: Python<'_>,
     callback: Option<Py<PyAny>>,
     run: impl FnOnce(Progress<'_>) -> modelhost_core::Result<T> + Send,
 ) -> PyResult<T> {
     py.detach(move || {
-        let mut cb = move |fraction: f32| -> Result<(), BoxError> {
-            // `try_attach` is None while the interpreter shuts down: then just go on loading.
-            Python::try_attach(|py| -> PyResult<()> {
-                py.check_signals()?;
-                if let Some(cb) = &callback {
-                    cb.call1(py, (fraction,))?;
-                }
-                Ok(())
-            })
-            .unwrap_or(Ok(()))
-            .map_err(|e| Box::new(e) as BoxError)
-        };
+        let mut cb = progress_callback(callback.as_ref());
         run(Progress::new(Some(&mut cb)))
     })
     .wrap()
@@ -74,31 +118,46 @@ fn entry_dict(py: Python<'_>, e: &CatalogEntry) -> PyResult<Py<PyAny>> {
     Ok(d.into_any().unbind())
 }
 
-/// The catalog plus the instance table (TTL thread, memory budget). One per `Client`.
+/// A catalog (models dir) and the limits its loads obey, viewing an instance table: the process's shared one, or
+/// a private one (`isolated`). One per `Client`.
 #[pyclass(name = "Host", module = "modelhost._core", frozen)]
-struct PyHost {
-    host: Host,
+pub(crate) struct PyHost {
+    pub(crate) host: Host,
     models_dir: String,
+    isolated: bool,
 }
 
 #[pymethods]
 impl PyHost {
     #[new]
-    #[pyo3(signature = (models_dir, memory_budget=None, max_loaded=None, auto_evict=true))]
+    #[pyo3(signature = (models_dir, memory_budget=None, max_loaded=None, auto_evict=true, isolated=true))]
     fn new(
         models_dir: String,
         memory_budget: Option<u64>,
         max_loaded: Option<usize>,
         auto_evict: bool,
+        isolated: bool,
     ) -> PyResult<Self> {
         let options = HostOptions { memory_budget, max_loaded, auto_evict };
-        let host = Host::new(PathBuf::from(&models_dir), options).wrap()?;
-        Ok(PyHost { host, models_dir })
+        let dir = PathBuf::from(&models_dir);
+        let host = if isolated { Host::new(dir, options) } else { Host::shared(dir, options) }.wrap()?;
+        Ok(PyHost { host, models_dir, isolated })
     }
 
     #[getter]
     fn models_dir(&self) -> &str {
         &self.models_dir
+    }
+
+    #[getter]
+    fn isolated(&self) -> bool {
+        self.isolated
+    }
+
+    /// The id this host's own loads are recorded under (`info()["client_id"]`).
+    #[getter]
+    fn client_id(&self) -> Option<&str> {
+        self.host.client_id()
     }
 
     #[pyo3(signature = (kind=None))]
@@ -108,7 +167,8 @@ impl PyHost {
         entries.iter().map(|e| entry_dict(py, e)).collect()
     }
 
-    #[pyo3(signature = (kind, key, ttl, config, on_progress))]
+    #[pyo3(signature = (kind, key, ttl, config, on_progress, no_hup=false, loaded_by=None))]
+    #[allow(clippy::too_many_arguments)]
     fn model(
         &self,
         py: Python<'_>,
@@ -117,16 +177,19 @@ impl PyHost {
         ttl: Option<f64>,
         config: &Bound<'_, PyAny>,
         on_progress: Option<Py<PyAny>>,
+        no_hup: bool,
+        loaded_by: Option<String>,
     ) -> PyResult<PyInstance> {
         let (kind, ttl) = (self::kind(kind)?, self::ttl(ttl)?);
         let config = LoadConfig::from_json(&from_py(config)?).wrap()?;
         let handle = with_progress(py, on_progress, |progress| {
-            self.host.model(kind, key.as_deref(), LoadRequest { ttl, config, progress })
+            let req = load_request(ttl, config, progress, no_hup, loaded_by.as_deref())?;
+            self.host.model(kind, key.as_deref(), req)
         })?;
         Ok(PyInstance { handle })
     }
 
-    #[pyo3(signature = (kind, key, identifier, ttl, config, on_progress))]
+    #[pyo3(signature = (kind, key, identifier, ttl, config, on_progress, no_hup=false, loaded_by=None))]
     #[allow(clippy::too_many_arguments)]
     fn load_new_instance(
         &self,
@@ -137,11 +200,14 @@ impl PyHost {
         ttl: Option<f64>,
         config: &Bound<'_, PyAny>,
         on_progress: Option<Py<PyAny>>,
+        no_hup: bool,
+        loaded_by: Option<String>,
     ) -> PyResult<PyInstance> {
         let (kind, ttl) = (self::kind(kind)?, self::ttl(ttl)?);
         let config = LoadConfig::from_json(&from_py(config)?).wrap()?;
         let handle = with_progress(py, on_progress, |progress| {
-            self.host.load_new_instance(kind, &key, identifier.as_deref(), LoadRequest { ttl, config, progress })
+            let req = load_request(ttl, config, progress, no_hup, loaded_by.as_deref())?;
+            self.host.load_new_instance(kind, &key, identifier.as_deref(), req)
         })?;
         Ok(PyInstance { handle })
     }
@@ -152,7 +218,7 @@ impl PyHost {
         Ok(py.detach(|| self.host.list_loaded(kind)).into_iter().map(|handle| PyInstance { handle }).collect())
     }
 
-    fn unload(&self, py: Python<'_>, kind: Option<&str>, key_or_identifier: String) -> PyResult<()> {
+    fn unload(&self, py: Python<'_>, kind: Option<&str>, key_or_identifier: String) -> PyResult<Vec<String>> {
         let kind = kind.map(self::kind).transpose()?;
         py.detach(|| self.host.unload(kind, &key_or_identifier)).wrap()
     }
@@ -243,27 +309,34 @@ impl PyInstance {
         messages: &Bound<'_, PyAny>,
         add_generation_prompt: bool,
     ) -> PyResult<String> {
-        let mut msgs = Vec::new();
-        for m in messages.try_iter()? {
-            let m = m?;
-            let field = |name: &str| -> PyResult<String> {
-                m.get_item(name)
-                    .map_err(|_| PyTypeError::new_err(format!("chat messages need a {name:?} key")))?
-                    .extract::<String>()
-            };
-            msgs.push(ChatMessage { role: field("role")?, content: field("content")? });
-        }
+        let msgs = chat_messages(messages)?;
         py.detach(|| self.handle.apply_template(&msgs, add_generation_prompt)).wrap()
     }
 
-    fn generate(&self, py: Python<'_>, prompt: &Bound<'_, PyAny>, config: &Bound<'_, PyAny>) -> PyResult<PyGeneration> {
+    #[pyo3(signature = (messages, config, on_prompt_progress=None))]
+    fn generate_chat(
+        &self,
+        py: Python<'_>,
+        messages: &Bound<'_, PyAny>,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
+        self.start(py, Prompt::Chat(chat_messages(messages)?), config, on_prompt_progress)
+    }
+
+    #[pyo3(signature = (prompt, config, on_prompt_progress=None))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
         let prompt = match prompt.extract::<String>() {
             Ok(text) => Prompt::Text(text),
             Err(_) => Prompt::Tokens(prompt.extract::<Vec<u32>>()?),
         };
-        let config = from_py(config)?;
-        let generation = py.detach(|| self.handle.generate(prompt, &config)).wrap()?;
-        Ok(PyGeneration { cancel: generation.cancel_flag(), generation: Mutex::new(generation) })
+        self.start(py, prompt, config, on_prompt_progress)
     }
 
     fn evaluate<'py>(&self, py: Python<'py>, tokens: Vec<u32>) -> PyResult<Bound<'py, PyArray2<f32>>> {
@@ -288,11 +361,27 @@ impl PyInstance {
     }
 }
 
+impl PyInstance {
+    fn start(
+        &self,
+        py: Python<'_>,
+        prompt: Prompt,
+        config: &Bound<'_, PyAny>,
+        on_prompt_progress: Option<Py<PyAny>>,
+    ) -> PyResult<PyGeneration> {
+        let config = from_py(config)?;
+        let generation = py.detach(|| self.handle.generate(prompt, &config)).wrap()?;
+        Ok(PyGeneration { cancel: generation.cancel_flag(), generation: Mutex::new(generation), on_prompt_progress })
+    }
+}
+
 /// A running prediction; iterating yields fragments.
 #[pyclass(name = "Generation", module = "modelhost._core", frozen)]
 struct PyGeneration {
     generation: Mutex<Generation>,
     cancel: Arc<AtomicBool>,
+    /// Called by the core while it processes the prompt (LM Studio's `on_prompt_processing_progress`).
+    on_prompt_progress: Option<Py<PyAny>>,
 }
 
 fn fragment_dict(py: Python<'_>, content: &str, tokens: &[u32]) -> PyResult<Py<PyAny>> {
@@ -309,7 +398,13 @@ impl PyGeneration {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let next = py.detach(|| self.generation.lock().unwrap_or_else(|e| e.into_inner()).next_fragment()).wrap()?;
+        let next = py
+            .detach(|| {
+                let mut on_progress = progress_callback(self.on_prompt_progress.as_ref());
+                let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+                generation.next_fragment_with_progress(Some(&mut on_progress))
+            })
+            .wrap()?;
         match next {
             Some(f) => fragment_dict(py, &f.content, &f.tokens),
             None => Err(PyStopIteration::new_err(())),
@@ -323,8 +418,9 @@ impl PyGeneration {
     fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let (content, tokens, stats) = py
             .detach(|| -> modelhost_core::Result<_> {
+                let mut on_progress = progress_callback(self.on_prompt_progress.as_ref());
                 let mut g = self.generation.lock().unwrap_or_else(|e| e.into_inner());
-                g.finish()?;
+                g.finish(Some(&mut on_progress))?;
                 Ok((g.content().to_string(), g.tokens().to_vec(), g.stats()))
             })
             .wrap()?;
@@ -356,6 +452,8 @@ fn parse_gguf_header(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyAny>> {
 
 #[pymodule]
 mod _core {
+    #[pymodule_export]
+    use super::serve::{serve, PyServer};
     #[pymodule_export]
     use super::{mapped_file_count, parse_gguf_header, PyGeneration, PyHost, PyInstance};
 

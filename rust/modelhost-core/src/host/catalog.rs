@@ -249,12 +249,50 @@ type CacheKey = (PathBuf, u64, Option<SystemTime>);
 pub struct Catalog {
     dir: PathBuf,
     cache: Mutex<HashMap<CacheKey, CatalogEntry>>,
+    /// Serve only what lies inside `dir` (for the HTTP server): no absolute paths, and no model whose files
+    /// a symlink leads outside, so a request can never make the process open a file elsewhere.
+    confined: bool,
+}
+
+/// How deep a confined catalog looks into a model folder for symlinks that lead out (`1_Pooling/config.json`).
+const CONFINED_SCAN_DEPTH: usize = 2;
+
+/// Whether every file of `path` (a file, or a folder to `depth` levels) resolves to a place inside `root`.
+fn resolves_inside(root: &Path, path: &Path, depth: usize) -> bool {
+    let Ok(target) = path.canonicalize() else { return false };
+    if !target.starts_with(root) {
+        return false;
+    }
+    if !target.is_dir() {
+        return true;
+    }
+    depth > 0 && sorted_entries(path).iter().all(|p| resolves_inside(root, p, depth - 1))
 }
 
 impl Catalog {
     /// A catalog over `dir` (which need not exist yet).
     pub fn new(dir: PathBuf) -> Self {
-        Catalog { dir, cache: Mutex::new(HashMap::new()) }
+        Catalog { dir, cache: Mutex::new(HashMap::new()), confined: false }
+    }
+
+    /// A catalog over `dir` that knows only the models inside it: keys resolve to models whose files all
+    /// lie inside `dir` once symlinks are resolved; absolute paths and `..` are not keys.
+    pub fn confined(dir: PathBuf) -> Self {
+        Catalog { dir, cache: Mutex::new(HashMap::new()), confined: true }
+    }
+
+    /// Whether a model at `path` may be used through this catalog (always, unless it is confined).
+    pub fn contains(&self, path: &Path) -> bool {
+        !self.confined || self.dir.canonicalize().is_ok_and(|root| resolves_inside(&root, path, CONFINED_SCAN_DEPTH))
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        let all = scan(&self.dir);
+        if !self.confined {
+            return all;
+        }
+        let Ok(root) = self.dir.canonicalize() else { return Vec::new() };
+        all.into_iter().filter(|c| resolves_inside(&root, &c.path, CONFINED_SCAN_DEPTH)).collect()
     }
 
     /// The models directory.
@@ -281,7 +319,7 @@ impl Catalog {
 
     /// Every model whose headers parse (broken ones are left out of the list; loading them says why).
     pub fn list(&self, kind: Option<ModelKind>) -> Vec<CatalogEntry> {
-        scan(&self.dir)
+        self.candidates()
             .iter()
             .filter_map(|c| self.describe_cached(c).ok())
             .filter(|e| kind.is_none_or(|k| e.kind == k))
@@ -295,10 +333,13 @@ impl Catalog {
             return Err(Error::InvalidConfig("the model key is empty".into()));
         }
         let as_path = Path::new(key);
+        if self.confined && (as_path.is_absolute() || key.split(['/', '\\']).any(|s| s == "..") || key.contains('\0')) {
+            return Err(Error::ModelNotFound { key: key.into(), suggestions: Vec::new() });
+        }
         if as_path.is_absolute() {
             return self.resolve_path(as_path);
         }
-        let candidates = scan(&self.dir);
+        let candidates = self.candidates();
         let exact: Vec<&Candidate> = candidates.iter().filter(|c| c.key.eq_ignore_ascii_case(key)).collect();
         let matches: Vec<&Candidate> =
             if exact.len() == 1 { exact } else { candidates.iter().filter(|c| is_alias(key, &c.key)).collect() };
@@ -341,7 +382,7 @@ impl Catalog {
 
     /// Close matches for an unknown key, best first.
     pub fn suggestions(&self, key: &str) -> Vec<String> {
-        closest(key, &scan(&self.dir))
+        closest(key, &self.candidates())
     }
 }
 

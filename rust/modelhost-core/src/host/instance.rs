@@ -16,7 +16,38 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::models::bert::EmbeddingModel;
 use crate::models::{Fragment, GenerationState, LlmModel, LlmSession, PredictionStats};
+use crate::storage::ProgressFn;
 use crate::text::ChatMessage;
+
+/// Who loaded an instance: a client's `close()` unloads only what it loaded itself (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadedBy {
+    /// A client, by its id: an in-process `Client`, or a remote one through the HTTP lifecycle API.
+    Client(String),
+    /// The HTTP server: a just-in-time load, or its load route.
+    Server,
+    /// The command-line tool.
+    Cli,
+}
+
+impl LoadedBy {
+    /// "client", "server" or "cli".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LoadedBy::Client(_) => "client",
+            LoadedBy::Server => "server",
+            LoadedBy::Cli => "cli",
+        }
+    }
+
+    /// The client's id, for a client's load.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            LoadedBy::Client(id) => Some(id),
+            _ => None,
+        }
+    }
+}
 
 /// When an instance was last used, and whether it still takes requests.
 pub(super) struct Activity {
@@ -45,6 +76,8 @@ pub struct Instance {
     pub(super) context_length: usize,
     pub(super) seed: Option<u64>,
     pub(super) weights_id: usize,
+    pub(super) loaded_by: LoadedBy,
+    pub(super) no_hup: bool,
     pub(super) activity: Mutex<Activity>,
     pub(super) queue: FifoQueue,
     pub(super) engine: LoadedModel,
@@ -77,11 +110,6 @@ impl Instance {
     pub(super) fn mark_unloaded(&self, reason: &str) {
         let mut a = lock(&self.activity);
         a.unloaded.get_or_insert_with(|| reason.to_string());
-    }
-
-    /// No request in flight.
-    pub(super) fn is_idle(&self) -> bool {
-        lock(&self.activity).in_flight == 0
     }
 }
 
@@ -155,12 +183,17 @@ impl InstanceHandle {
         self.live().is_ok()
     }
 
-    /// LM Studio's instance info, plus ttl, last_used and placement.
+    /// LM Studio's instance info, plus ttl, last use, activity, who loaded it, and placement.
     pub fn info(&self) -> Result<Value> {
         let i = self.live()?;
         let e = &i.entry;
-        let last_used =
-            lock(&i.activity).last_used_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let (last_used, in_flight, idle_for) = {
+            let a = lock(&i.activity);
+            let wall = a.last_used_wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            (wall, a.in_flight, a.last_used.elapsed())
+        };
+        // What the TTL thread will do if nothing else arrives: unload it this many seconds from now.
+        let expires_in = i.ttl.filter(|_| in_flight == 0).map(|ttl| ttl.saturating_sub(idle_for).as_secs_f64());
         let mut info = json!({
             "type": e.kind.as_str(),
             "model_key": e.model_key,
@@ -179,6 +212,12 @@ impl InstanceHandle {
             "trained_for_tool_use": e.trained_for_tool_use,
             "ttl": i.ttl.map(|t| t.as_secs_f64()),
             "last_used": last_used,
+            "expires_in": expires_in,
+            "in_flight": in_flight,
+            "status": if in_flight == 0 { "idle" } else { "busy" },
+            "loaded_by": i.loaded_by.as_str(),
+            "client_id": i.loaded_by.client_id(),
+            "no_hup": i.no_hup,
             "device": i.placement.main_device(),
             "placement": i.placement.layers.iter().map(|(l, d)| json!({"layer": l, "device": d})).collect::<Vec<_>>(),
             "placement_warning": i.placement.warning,
@@ -207,7 +246,7 @@ impl InstanceHandle {
         let removed = {
             let mut st = lock(&host.table);
             let pos = st.instances.iter().position(|x| Arc::ptr_eq(x, &i));
-            let removed = pos.map(|p| st.instances.remove(p));
+            let removed = pos.map(|p| st.remove(p));
             host.notify(&mut st);
             removed
         };
@@ -249,6 +288,15 @@ impl InstanceHandle {
         }
     }
 
+    /// The token ids of a chat for the assistant's reply, as llama.cpp's chat builds them (LLMs): the template's
+    /// rendering tokenized without doubling a BOS the template writes (`LlmModel::chat_prompt_ids`).
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        match &self.live()?.engine {
+            LoadedModel::Llm { model, .. } => model.chat_prompt_ids(messages),
+            LoadedModel::Embedding { .. } => Err(self.not_for_kind("respond")),
+        }
+    }
+
     /// Start a prediction on `prompt` (text with special tokens parsed, or ids). It holds the
     /// instance's queue until it ends or is dropped.
     pub fn generate(&self, prompt: Prompt, config: &Value) -> Result<Generation> {
@@ -260,10 +308,10 @@ impl InstanceHandle {
         let ids = match prompt {
             Prompt::Text(t) => model.tokenizer.encode(&t, true)?,
             Prompt::Tokens(ids) => ids,
+            Prompt::Chat(messages) => model.chat_prompt_ids(&messages)?,
         };
         let state = model.start(ids, config)?;
-        let model = model.clone();
-        Ok(Generation { request: Some(request), model, state, cancelled: Arc::new(AtomicBool::new(false)) })
+        Ok(Generation { request: Some(request), state, cancelled: Arc::new(AtomicBool::new(false)) })
     }
 
     /// Logits at every position of `tokens`, `(tokens.len(), vocab)` row-major, and the vocab size.
@@ -292,14 +340,16 @@ pub enum Prompt {
     Text(String),
     /// Token ids.
     Tokens(Vec<u32>),
+    /// A chat, for the assistant's reply: rendered with the model's template and tokenized as llama.cpp's chat
+    /// does (`LlmModel::chat_prompt_ids`).
+    Chat(Vec<ChatMessage>),
 }
 
 /// A running prediction: yields fragments; holds the instance's queue until it ends or is dropped.
 pub struct Generation {
-    /// The request, released as soon as the prediction ends so later requests need not wait for the
-    /// caller to drop a finished stream.
+    /// The request, released as soon as the prediction ends so later requests need not wait for the caller to drop
+    /// a finished stream, and nothing of the instance (its model included) outlives it.
     request: Option<Request>,
-    model: Arc<LlmModel>,
     state: GenerationState,
     cancelled: Arc<AtomicBool>,
 }
@@ -312,14 +362,24 @@ impl Generation {
 
     /// The next fragment, or `None` at the end.
     pub fn next_fragment(&mut self) -> Result<Option<Fragment>> {
+        self.next_fragment_with_progress(None)
+    }
+
+    /// The next fragment, or `None` at the end. While the prompt is processed (in the first call),
+    /// `on_prompt_progress` gets 0.0, the share done after each `evalBatchSize` chunk, and 1.0 last; an error from it
+    /// ends the prediction with `Error::Cancelled` carrying that error.
+    pub fn next_fragment_with_progress(
+        &mut self,
+        on_prompt_progress: Option<&mut ProgressFn<'_>>,
+    ) -> Result<Option<Fragment>> {
         if self.cancelled.load(Ordering::Relaxed) {
             self.state.cancel();
         }
         let Some(request) = &self.request else { return Ok(None) };
-        let LoadedModel::Llm { session, .. } = &request.instance.engine else { return Ok(None) };
+        let LoadedModel::Llm { model, session } = &request.instance.engine else { return Ok(None) };
         let next = {
             let mut session = lock(session);
-            self.model.next_fragment(&mut session, &mut self.state)
+            model.next_fragment(&mut session, &mut self.state, on_prompt_progress)
         };
         if !matches!(next, Ok(Some(_))) {
             // Ended (or failed): free the instance for the next request now.
@@ -329,9 +389,9 @@ impl Generation {
         next
     }
 
-    /// Run to the end.
-    pub fn finish(&mut self) -> Result<()> {
-        while self.next_fragment()?.is_some() {}
+    /// Run to the end (reporting prompt progress as `next_fragment_with_progress`, if the prompt is still to do).
+    pub fn finish(&mut self, mut on_prompt_progress: Option<&mut ProgressFn<'_>>) -> Result<()> {
+        while self.next_fragment_with_progress(on_prompt_progress.as_deref_mut())?.is_some() {}
         Ok(())
     }
 

@@ -30,10 +30,8 @@ pub(super) struct LoadPlan {
 pub(super) fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<LoadPlan> {
     match entry.kind {
         ModelKind::Llm => {
-            let (file, _) = storage::open_model_file(&entry.path)?;
-            // SAFETY: read-only map used only to read the header, dropped at the end of this scope.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::load(&entry.path, e.to_string()))?;
-            let header = gguf::parse_summary(&map, &entry.path)?;
+            // Mapped under the SIGBUS guard: a file truncated while its header is read is an error, not a crash.
+            let header = gguf::read_summary(&entry.path)?;
             let params = Architecture::of(&header, &entry.path)?.params(&header, &entry.path)?;
             let ctx = config.resolve_context_length(params.max_context)?;
             let eval_batch_size = config.resolve_eval_batch_size(ctx)?;
@@ -82,11 +80,14 @@ pub(super) fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<Loa
         ModelKind::Embedding => {
             let max = entry.max_context_length.max(1);
             let ctx = config.resolve_context_length(max)?;
-            if config.gpu.ratio.is_some_and(|r| r > 0.0) && config.rope_frequency_base.is_some() {
-                return Err(Error::InvalidConfig("ropeFrequencyBase does not apply to embedding models".into()));
+            // Options an embedding model would silently ignore are refused, whatever else is set (README).
+            if config.rope_frequency_base.is_some() || config.rope_frequency_scale.is_some() {
+                return Err(Error::NotSupported(
+                    "ropeFrequencyBase and ropeFrequencyScale on embedding models (BERT has no RoPE)".into(),
+                ));
             }
             if config.keep_model_in_memory {
-                return Err(Error::InvalidConfig("keepModelInMemory is not supported for embedding models yet".into()));
+                return Err(Error::NotSupported("keepModelInMemory on embedding models".into()));
             }
             let mut placement = Placement::cpu(0);
             if config.gpu.ratio.is_some_and(|r| r > 0.0) {

@@ -39,7 +39,7 @@ impl SplitStrategy {
 pub struct GpuConfig {
     /// Fraction of the blocks to put on GPUs, 0..=1; `None` = all on the GPU if one is usable, else CPU.
     pub ratio: Option<f64>,
-    /// Preferred GPU index.
+    /// With `FavorMainGpu`, the GPU that takes every offloaded block (must be usable); unused with `Evenly`.
     pub main_gpu: usize,
     /// How to split over several GPUs.
     pub split_strategy: SplitStrategy,
@@ -121,19 +121,15 @@ impl Placement {
             p.warning = Some(format!("gpu.ratio {ratio} asked for GPU offload, but {why}: loaded on the CPU"));
             return Ok(p);
         }
-        let main = devices.iter().position(|(i, _)| *i == gpu.main_gpu).unwrap_or(0);
-        let used: Vec<Device> = match gpu.split_strategy {
-            SplitStrategy::FavorMainGpu => vec![devices[main].1.clone()],
-            SplitStrategy::Evenly => devices.iter().map(|(_, d)| d.clone()).collect(),
+        let usable: Vec<usize> = devices.iter().map(|(i, _)| *i).collect();
+        let (blocks, output) = assign_gpus(n_blocks, ratio, gpu, &usable)?;
+        let device = |gpu: Option<usize>| match gpu {
+            Some(i) => devices.iter().find(|(j, _)| *j == i).map_or(Device::Cpu, |(_, d)| d.clone()),
+            None => Device::Cpu,
         };
-        let n_gpu = ((ratio * n_blocks as f64).round() as usize).min(n_blocks);
-        let first_gpu = n_blocks - n_gpu;
-        let per_device = n_gpu.div_ceil(used.len()).max(1);
-        let blocks = (0..n_blocks)
-            .map(|i| if i < first_gpu { Device::Cpu } else { used[(i - first_gpu) / per_device].clone() })
-            .collect();
-        let output = if n_gpu == n_blocks { used[used.len() - 1].clone() } else { Device::Cpu };
-        Ok(Self::build(blocks, output, n_gpu as f64 / n_blocks.max(1) as f64, None))
+        let n_gpu = blocks.iter().filter(|b| b.is_some()).count();
+        let blocks = blocks.into_iter().map(device).collect();
+        Ok(Self::build(blocks, device(output), n_gpu as f64 / n_blocks.max(1) as f64, None))
     }
 
     /// The device of block `i`.
@@ -165,6 +161,34 @@ impl Placement {
     }
 }
 
+/// The GPU of each block and of the output head (`None`: the CPU), from the indices of the usable GPUs, as llama.cpp
+/// offloads layers: the last `round(ratio × n)` blocks go to GPUs, and the output head too when every block does.
+/// `favorMainGpu` puts them all on `gpu.main_gpu`, which must be usable; `evenly` splits them over every usable GPU in
+/// index order (`main_gpu` is not used). Indices only, so it is checked without a GPU.
+fn assign_gpus(
+    n_blocks: usize,
+    ratio: f64,
+    gpu: &GpuConfig,
+    usable: &[usize],
+) -> Result<(Vec<Option<usize>>, Option<usize>)> {
+    let used: Vec<usize> = match gpu.split_strategy {
+        SplitStrategy::FavorMainGpu if usable.contains(&gpu.main_gpu) => vec![gpu.main_gpu],
+        SplitStrategy::FavorMainGpu => {
+            return Err(Error::InvalidConfig(format!(
+                "gpu.mainGpu {} is not a usable GPU (usable: {usable:?}, disabled: {:?})",
+                gpu.main_gpu, gpu.disabled_gpus
+            )))
+        }
+        SplitStrategy::Evenly => usable.to_vec(),
+    };
+    let n_gpu = ((ratio * n_blocks as f64).round() as usize).min(n_blocks);
+    let first_gpu = n_blocks - n_gpu;
+    let per_device = n_gpu.div_ceil(used.len()).max(1);
+    let blocks = (0..n_blocks).map(|i| (i >= first_gpu).then(|| used[(i - first_gpu) / per_device])).collect();
+    let output = (n_gpu == n_blocks).then(|| used[used.len() - 1]);
+    Ok((blocks, output))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +207,40 @@ mod tests {
         let auto = Placement::plan(4, &GpuConfig::default()).unwrap();
         assert!(auto.warning.is_none());
         assert!(Placement::plan(4, &GpuConfig { ratio: Some(1.5), ..Default::default() }).is_err());
+    }
+}
+
+#[cfg(test)]
+mod gpu_assignment_tests {
+    use super::*;
+
+    fn config(split_strategy: SplitStrategy, main_gpu: usize) -> GpuConfig {
+        GpuConfig { ratio: Some(1.0), main_gpu, split_strategy, disabled_gpus: Vec::new() }
+    }
+
+    #[test]
+    fn favor_main_gpu_puts_every_offloaded_block_and_the_head_on_the_main_gpu() {
+        let (blocks, output) = assign_gpus(4, 1.0, &config(SplitStrategy::FavorMainGpu, 2), &[0, 2, 3]).unwrap();
+        assert_eq!((blocks, output), (vec![Some(2); 4], Some(2)));
+        // Half the blocks: the last two, and the head stays on the CPU.
+        let (blocks, output) = assign_gpus(4, 0.5, &config(SplitStrategy::FavorMainGpu, 3), &[0, 3]).unwrap();
+        assert_eq!((blocks, output), (vec![None, None, Some(3), Some(3)], None));
+    }
+
+    #[test]
+    fn evenly_splits_over_the_usable_gpus_in_order_whatever_the_main_gpu() {
+        for main_gpu in [0, 1, 7] {
+            let (blocks, output) = assign_gpus(4, 1.0, &config(SplitStrategy::Evenly, main_gpu), &[1, 3]).unwrap();
+            assert_eq!((blocks, output), (vec![Some(1), Some(1), Some(3), Some(3)], Some(3)));
+        }
+    }
+
+    /// A main GPU that is absent or disabled is an error naming it, not silently the first GPU.
+    #[test]
+    fn favor_main_gpu_refuses_a_main_gpu_that_is_not_usable() {
+        for usable in [&[0, 1][..], &[1][..]] {
+            let err = assign_gpus(4, 1.0, &config(SplitStrategy::FavorMainGpu, 5), usable).unwrap_err();
+            assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("gpu.mainGpu 5")), "{err}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
+use super::budget::Holding;
 use super::catalog::ModelKind;
 use super::instance::Instance;
 use super::lock;
@@ -16,12 +17,21 @@ use crate::models::LlmModel;
 /// (file, length, mtime, mmap, locked, placement). A file replaced on disk is loaded afresh.
 pub(super) type WeightsKey = (PathBuf, u64, Option<SystemTime>, bool, bool, Vec<(String, String)>);
 
+/// An instance taken out of the table (unloaded, evicted, expired) that may still be finishing a request: its
+/// memory is not free until the last request lets go of it.
+struct Draining {
+    instance: Weak<Instance>,
+    holding: Holding,
+}
+
 /// The loaded instances and what is in flight around them, under the host's one lock.
 #[derive(Default)]
 pub(super) struct InstanceTable {
     pub(super) instances: Vec<Arc<Instance>>,
-    /// Model keys being loaded by `model()`: later callers wait instead of loading again.
-    pub(super) loading: HashSet<String>,
+    /// Instances out of the table whose memory may not be free yet; the budget counts them while they live.
+    draining: Vec<Draining>,
+    /// Model files being loaded by `model()`: later callers wait instead of loading again.
+    pub(super) loading: HashSet<PathBuf>,
     pub(super) reserved_ids: HashSet<String>,
     pub(super) reserved_bytes: u64,
     pub(super) loads_in_progress: usize,
@@ -43,17 +53,22 @@ impl InstanceTable {
         self.find(id).is_some() || self.reserved_ids.contains(id)
     }
 
-    /// Bytes held: distinct weights once, plus every instance's own buffers, plus loads in progress.
-    pub(super) fn used_bytes(&self, without: &[usize]) -> u64 {
-        let mut weights = HashSet::new();
-        let mut total = self.reserved_bytes;
-        for (_, i) in self.instances.iter().enumerate().filter(|(n, _)| !without.contains(n)) {
-            if weights.insert(i.weights_id) {
-                total += i.memory.weights_bytes.max(i.entry.weights_bytes);
-            }
-            total += i.memory.kv_cache_bytes + i.memory.scratch_bytes;
-        }
-        total
+    /// Take instance `n` out of the table; the budget keeps counting it until it is freed.
+    pub(super) fn remove(&mut self, n: usize) -> Arc<Instance> {
+        let instance = self.instances.remove(n);
+        self.draining.push(Draining { instance: Arc::downgrade(&instance), holding: Holding::of(&instance, false) });
+        instance
+    }
+
+    /// Take every instance out of the table (as `remove`).
+    pub(super) fn remove_all(&mut self) -> Vec<Arc<Instance>> {
+        (0..self.instances.len()).rev().map(|n| self.remove(n)).collect()
+    }
+
+    /// What the instances out of the table but not yet freed hold (forgetting those that are freed).
+    pub(super) fn draining(&mut self) -> Vec<Holding> {
+        self.draining.retain(|d| d.instance.strong_count() > 0);
+        self.draining.iter().map(|d| d.holding).collect()
     }
 }
 

@@ -26,7 +26,7 @@ pub struct Heads {
     /// Key/value heads (`n_head` is a multiple).
     pub n_kv: usize,
     /// Values per head.
-    pub hd: usize,
+    pub head_dim: usize,
 }
 
 /// Write `seq` positions of keys and values (`(n_kv, seq, hd)` each, f32) at `pos` of one layer's cache
@@ -42,11 +42,11 @@ pub fn store(
     pos: usize,
     seq: usize,
 ) {
-    assert!(pos + seq <= ctx && k.len() == seq * h.n_kv * h.hd && v.len() == k.len(), "cache write out of range");
-    assert!(k_cache.len() == h.n_kv * ctx * h.hd && v_cache.len() == k_cache.len(), "cache size");
-    let run = seq * h.hd;
+    assert!(pos + seq <= ctx && k.len() == seq * h.n_kv * h.head_dim && v.len() == k.len(), "cache write out of range");
+    assert!(k_cache.len() == h.n_kv * ctx * h.head_dim && v_cache.len() == k_cache.len(), "cache size");
+    let run = seq * h.head_dim;
     for g in 0..h.n_kv {
-        let (src, dst) = (g * run, (g * ctx + pos) * h.hd);
+        let (src, dst) = (g * run, (g * ctx + pos) * h.head_dim);
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut k_cache[dst..dst + run], &k[src..src + run]);
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut v_cache[dst..dst + run], &v[src..src + run]);
     }
@@ -138,7 +138,7 @@ pub fn attend(
     window: Option<usize>,
     out: &mut [f32],
 ) {
-    let (hd, group) = (h.hd, h.n_head / h.n_kv);
+    let (hd, group) = (h.head_dim, h.n_head / h.n_kv);
     let total = pos + seq;
     assert!(total <= ctx && q.len() == seq * h.n_head * hd && out.len() == q.len(), "attention sizes");
     assert!(k_cache.len() == h.n_kv * ctx * hd && v_cache.len() == k_cache.len(), "cache size");
@@ -252,22 +252,23 @@ mod tests {
     ) -> Vec<f32> {
         let r16 = |x: f32| f16::from_f32(x).to_f32() as f64;
         let total = pos + seq;
-        let mut out = vec![0f32; seq * h.n_head * h.hd];
+        let mut out = vec![0f32; seq * h.n_head * h.head_dim];
         for i in 0..seq {
             for head in 0..h.n_head {
                 let g = head / (h.n_head / h.n_kv);
-                let qv = |d: usize| r16(q[(head * seq + i) * h.hd + d]);
-                let kv = |j: usize, d: usize, x: &[f32]| r16(x[(j * h.n_kv + g) * h.hd + d]);
+                let qv = |d: usize| r16(q[(head * seq + i) * h.head_dim + d]);
+                let kv = |j: usize, d: usize, x: &[f32]| r16(x[(j * h.n_kv + g) * h.head_dim + d]);
                 let p = pos + i;
                 let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                let s: Vec<f64> =
-                    (lo..=p).map(|j| (0..h.hd).map(|d| qv(d) * kv(j, d, k)).sum::<f64>() * f64::from(scale)).collect();
+                let s: Vec<f64> = (lo..=p)
+                    .map(|j| (0..h.head_dim).map(|d| qv(d) * kv(j, d, k)).sum::<f64>() * f64::from(scale))
+                    .collect();
                 let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
-                for d in 0..h.hd {
+                for d in 0..h.head_dim {
                     let o: f64 = (lo..=p).zip(&e).map(|(j, e)| r16((e / sum) as f32) * kv(j, d, v)).sum();
-                    out[(i * h.n_head + head) * h.hd + d] = o as f32;
+                    out[(i * h.n_head + head) * h.head_dim + d] = o as f32;
                 }
                 let _ = total;
             }
@@ -276,22 +277,22 @@ mod tests {
     }
 
     fn run(h: Heads, ctx: usize, steps: &[usize], window: Option<usize>) {
-        let mut kc = vec![f16::ZERO; h.n_kv * ctx * h.hd];
+        let mut kc = vec![f16::ZERO; h.n_kv * ctx * h.head_dim];
         let mut vc = kc.clone();
         let (mut all_k, mut all_v) = (Vec::new(), Vec::new());
-        let scale = 1.0 / (h.hd as f32).sqrt();
+        let scale = 1.0 / (h.head_dim as f32).sqrt();
         let mut pos = 0;
         for (step, &seq) in steps.iter().enumerate() {
-            let n = seq * h.n_kv * h.hd;
+            let n = seq * h.n_kv * h.head_dim;
             let k: Vec<f32> = (0..n).map(|i| value(i, step * 3 + 1)).collect();
             let v: Vec<f32> = (0..n).map(|i| value(i, step * 3 + 2)).collect();
-            let q: Vec<f32> = (0..seq * h.n_head * h.hd).map(|i| value(i, step * 3)).collect();
+            let q: Vec<f32> = (0..seq * h.n_head * h.head_dim).map(|i| value(i, step * 3)).collect();
             store(h, &k, &v, &mut kc, &mut vc, ctx, pos, seq);
             // The reference reads keys and values position-major: (position, kv head, hd).
             for i in 0..seq {
                 for g in 0..h.n_kv {
-                    all_k.extend(&k[(g * seq + i) * h.hd..(g * seq + i + 1) * h.hd]);
-                    all_v.extend(&v[(g * seq + i) * h.hd..(g * seq + i + 1) * h.hd]);
+                    all_k.extend(&k[(g * seq + i) * h.head_dim..(g * seq + i + 1) * h.head_dim]);
+                    all_v.extend(&v[(g * seq + i) * h.head_dim..(g * seq + i + 1) * h.head_dim]);
                 }
             }
             let mut out = vec![0f32; q.len()];
@@ -307,16 +308,16 @@ mod tests {
     #[test]
     fn matches_a_direct_computation() {
         // Prompt chunks then single tokens, grouped and plain heads, with and without a sliding window.
-        run(Heads { n_head: 6, n_kv: 2, hd: 16 }, 64, &[9, 1, 1, 5, 1], None);
-        run(Heads { n_head: 4, n_kv: 4, hd: 64 }, 40, &[17, 1, 2, 1], None);
-        run(Heads { n_head: 2, n_kv: 1, hd: 8 }, 32, &[12, 1, 1, 7], Some(5));
+        run(Heads { n_head: 6, n_kv: 2, head_dim: 16 }, 64, &[9, 1, 1, 5, 1], None);
+        run(Heads { n_head: 4, n_kv: 4, head_dim: 64 }, 40, &[17, 1, 2, 1], None);
+        run(Heads { n_head: 2, n_kv: 1, head_dim: 8 }, 32, &[12, 1, 1, 7], Some(5));
         // More query rows than one tile holds (3 heads · 40 queries).
-        run(Heads { n_head: 6, n_kv: 2, hd: 16 }, 96, &[40, 1, 45], Some(50));
+        run(Heads { n_head: 6, n_kv: 2, head_dim: 16 }, 96, &[40, 1, 45], Some(50));
     }
 
     #[test]
     fn stores_round_to_f16_in_head_major_order() {
-        let h = Heads { n_head: 2, n_kv: 2, hd: 2 };
+        let h = Heads { n_head: 2, n_kv: 2, head_dim: 2 };
         let mut kc = vec![f16::ZERO; 2 * 3 * 2];
         let mut vc = kc.clone();
         store(h, &[1.0, 2.0, 3.0, 1.0 / 3.0], &[0.0; 4], &mut kc, &mut vc, 3, 1, 1); // (n_kv, seq, hd)

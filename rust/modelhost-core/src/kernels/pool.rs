@@ -3,8 +3,7 @@
 /// Run `f` on a rayon worker; with `keep_awake`, the pool's other workers poll for work until it returns.
 ///
 /// A forward pass is many parallel loops with serial steps between them. Called from outside the pool,
-/// the caller would be a third thread competing with the two workers for two cores (that halved decoding
-/// speed). And an idle rayon worker falls asleep within microseconds, so a pass made of hundreds of short
+/// the caller would be a third thread competing with the two workers for two cores. And an idle rayon worker falls asleep within microseconds, so a pass made of hundreds of short
 /// loops (decoding one token) pays a wake-up per loop, slow in a VM: `keep_awake` has the other workers
 /// poll rayon for work, yielding the core while none is queued, as llama.cpp's threads spin during a pass.
 /// If a polling worker is descheduled, the others run its share: rayon's loops are work-stealing.

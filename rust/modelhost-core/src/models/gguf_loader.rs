@@ -1,7 +1,10 @@
 //! The GGUF tensor loader every decoder architecture loads its weights with: tensors by llama.cpp name, shapes
 //! checked, matrices on the CPU used in place from the file's mapping by our kernels (their pages read in now,
-//! with progress), matrices on a GPU copied for candle, vectors dequantized to f32.
+//! with progress), matrices on a GPU copied for candle, vectors dequantized to f32. It records which tensors were
+//! read, so that a tensor an architecture does not use (a RoPE factor table, a bias) fails the load instead of
+//! being silently ignored.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +28,8 @@ pub(crate) struct GgufLoader<'a, 'p, 'q> {
     bytes: &'a FileBytes,
     path: &'a Path,
     chunks: ChunkedLoad<'p, 'q>,
+    /// Names of the tensors read so far.
+    used: HashSet<&'a str>,
 }
 
 impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
@@ -38,7 +43,17 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
         base: f32,
     ) -> Self {
         let chunks = ChunkedLoad::new(progress, header.tensor_bytes(), base, 1.0 - base);
-        GgufLoader { header, bytes, path, chunks }
+        GgufLoader { header, bytes, path, chunks, used: HashSet::new() }
+    }
+
+    /// The file's header (architectures read their own keys from it).
+    pub(crate) fn header(&self) -> &'a GgufHeader {
+        self.header
+    }
+
+    /// The file's path, for errors.
+    pub(crate) fn path(&self) -> &'a Path {
+        self.path
     }
 
     /// The header entry of tensor `name`; a load error naming it if it is missing.
@@ -46,14 +61,41 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
         self.header.tensor(name).ok_or_else(|| Error::load(self.path, format!("tensor {name} is missing")))
     }
 
+    /// The header entry of tensor `name`, recorded as used.
+    fn take(&mut self, name: &str) -> Result<&'a TensorInfo> {
+        let info = self.info(name)?;
+        self.used.insert(info.name.as_str());
+        Ok(info)
+    }
+
+    /// A load error unless every tensor of the file was read: one the architecture does not use would otherwise
+    /// be ignored, and the model would compute something else than its authors (and llama.cpp) do.
+    pub(crate) fn finish(&self, architecture: &str) -> Result<()> {
+        let unused: Vec<&str> =
+            self.header.tensors.iter().map(|t| t.name.as_str()).filter(|n| !self.used.contains(n)).collect();
+        match unused.as_slice() {
+            [] => Ok(()),
+            names => Err(Error::load(
+                self.path,
+                format!(
+                    "{} tensor(s) that modelhost's {architecture} does not use, so it would compute something else \
+                     than the model: {}{}",
+                    names.len(),
+                    names.iter().take(8).copied().collect::<Vec<_>>().join(", "),
+                    if names.len() > 8 { ", …" } else { "" }
+                ),
+            )),
+        }
+    }
+
     /// Whether the file has tensor `name`.
     pub(crate) fn has(&self, name: &str) -> bool {
         self.header.tensor(name).is_some()
     }
 
-    /// The header entry of tensor `name`, checked to have ggml dims `expect`.
-    fn checked(&self, name: &str, expect: &[usize]) -> Result<&'a TensorInfo> {
-        let info = self.info(name)?;
+    /// The header entry of tensor `name`, checked to have ggml dims `expect`, recorded as used.
+    fn checked(&mut self, name: &str, expect: &[usize]) -> Result<&'a TensorInfo> {
+        let info = self.take(name)?;
         if info.dims != expect {
             return Err(Error::load(
                 self.path,
@@ -86,8 +128,8 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
             let range = info.offset..info.offset + info.size;
             let w = match self.bytes {
                 // In place: no copy, and the pages stay the page cache's (shared with other processes).
-                // Read in now, in large reads, chunk by chunk with progress: from a cold page cache,
-                // leaving them to fault in during the first token made load + first token 1.4x slower.
+                // Read in now, in large reads, chunk by chunk with progress: from a cold page cache, faulting
+                // them in page by page during the first token made the cold start slower (benches/results).
                 FileBytes::Mapped(file) => {
                     for chunk in file.bytes()[range.clone()].chunks(POPULATE_CHUNK) {
                         storage::populate(chunk);
@@ -118,6 +160,26 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
         dequantize_row(info.dtype, data, &mut values);
         self.chunks.advance(info.size as u64)?;
         Ok(Tensor::from_vec(values, len, device)?)
+    }
+
+    /// `vector(name, len, device)` if the file has it.
+    pub(crate) fn optional_vector(&mut self, name: &str, len: usize, device: &Device) -> Result<Option<Tensor>> {
+        if !self.has(name) {
+            return Ok(None);
+        }
+        self.vector(name, len, device).map(Some)
+    }
+
+    /// RoPE frequency factors `name` (`len` divisors, each finite and positive), if the file has them.
+    pub(crate) fn rope_factors(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        let Some(t) = self.optional_vector(name, len, &Device::Cpu)? else {
+            return Ok(None);
+        };
+        let values = t.to_vec1::<f32>()?;
+        match values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            Some(v) => Err(Error::load(self.path, format!("tensor {name} holds {v}, not a positive frequency factor"))),
+            None => Ok(Some(values)),
+        }
     }
 
     /// A second copy of tensor `name` as a candle matrix on `device` (a tied output head on a GPU), not counted

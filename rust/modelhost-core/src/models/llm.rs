@@ -11,7 +11,7 @@ use candle_core::Tensor;
 
 use super::blocks::kv_cache::KvCache;
 use super::blocks::linear::Linear;
-use super::blocks::rope::Rope;
+use super::blocks::rope::RopeTables;
 use super::generation::{Fragment, GenerationState, StopReason};
 use super::gguf_loader::GgufLoader;
 use super::params::LlmParams;
@@ -21,7 +21,7 @@ use super::{Architecture, Decoder};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
 use crate::host::placement::Placement;
-use crate::storage::{self, FileBytes, LockedPages, MappedFile, PageLock, Progress};
+use crate::storage::{self, FileBytes, LockedPages, MappedFile, PageLock, Progress, ProgressFn};
 use crate::text::{ChatMessage, ChatTemplate, GgufTokenizer};
 
 /// A loaded language model: weights, tokenizer and chat template, shared by all instances of one file.
@@ -79,7 +79,8 @@ impl LlmModel {
                 format!("{} tokens in the vocabulary but {} rows in token_embd", tokenizer.vocab_size(), params.vocab),
             ));
         }
-        let template = match header.get("tokenizer.chat_template").and_then(Value::as_str) {
+        let source = header.get("tokenizer.chat_template").and_then(Value::as_str);
+        let template = match source.or_else(|| architecture.fallback_chat_template()) {
             Some(src) => Some(
                 ChatTemplate::new(src, tokenizer.bos_token(), tokenizer.eos_token())
                     .map_err(|e| Error::load(path, e.to_string()))?,
@@ -153,6 +154,11 @@ impl LlmModel {
         self.decoder.block_devices()
     }
 
+    /// RoPE tables for an instance of `ctx` positions with base `base` and scale `scale`.
+    pub(super) fn rope_tables(&self, ctx: usize, base: f64, scale: f64) -> Result<RopeTables> {
+        self.decoder.rope_tables(ctx, base, scale)
+    }
+
     /// Render a chat with the model's own template.
     pub fn apply_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         match &self.template {
@@ -161,14 +167,39 @@ impl LlmModel {
         }
     }
 
+    /// The prompt of a chat for the assistant's reply, as llama.cpp's chat builds it (`common_chat_templates_apply`):
+    /// the template rendered with the generation prompt, then tokenized with special tokens parsed and BOS/EOS
+    /// added as the tokenizer adds them, a BOS that the template writes first (an EOS it writes last) dropped
+    /// when the tokenizer adds one itself, so that it is not doubled.
+    pub fn chat_prompt_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let rendered = self.apply_template(messages, true)?;
+        let mut text = rendered.as_str();
+        let (bos, eos) = (self.tokenizer.bos_token(), self.tokenizer.eos_token());
+        if self.tokenizer.adds_bos() && !bos.is_empty() {
+            text = text.strip_prefix(bos).unwrap_or(text);
+        }
+        if self.tokenizer.adds_eos() && !eos.is_empty() {
+            text = text.strip_suffix(eos).unwrap_or(text);
+        }
+        self.tokenizer.encode(text, true)
+    }
+
     /// Run `tokens` at positions `pos..` through the model, filling the cache; logits for every position
     /// (`all = true`) or only the last, as a `(n, vocab)` f32 tensor on the CPU.
-    fn forward(&self, cache: &mut KvCache, rope: &Rope, tokens: &[u32], pos: usize, all: bool) -> Result<Tensor> {
-        // On the pool: called from outside it, decoding ran at half speed (see `kernels::on_pool`).
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        ropes: &RopeTables,
+        tokens: &[u32],
+        pos: usize,
+        all: bool,
+    ) -> Result<Tensor> {
+        // On the pool: called from outside it, this thread would compete with both workers for two cores
+        // (see `kernels::on_pool`).
         // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
         // chunk's matmuls are long enough that keeping the workers awake only burns a core.
         let keep_awake = tokens.len() == 1;
-        let logits = crate::kernels::on_pool(keep_awake, || self.decoder.forward(cache, rope, tokens, pos, all))?;
+        let logits = crate::kernels::on_pool(keep_awake, || self.decoder.forward(cache, ropes, tokens, pos, all))?;
         // Weights read in place from a truncated file read as zeros: fail rather than return garbage.
         self.mapping.as_ref().map_or(Ok(()), |m| m.check_intact())?;
         Ok(logits)
@@ -181,7 +212,7 @@ impl LlmModel {
         session.cached.clear();
         let mut out = Vec::with_capacity(tokens.len() * self.params.vocab);
         for (c, chunk) in tokens.chunks(session.eval_batch_size).enumerate() {
-            let logits = self.forward(&mut session.cache, &session.rope, chunk, c * session.eval_batch_size, true)?;
+            let logits = self.forward(&mut session.cache, &session.ropes, chunk, c * session.eval_batch_size, true)?;
             out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
             session.cached.extend_from_slice(chunk);
         }
@@ -191,34 +222,47 @@ impl LlmModel {
     /// An id past the vocabulary would read past the embedding table: refuse it.
     fn check_ids(&self, tokens: &[u32]) -> Result<()> {
         match tokens.iter().find(|&&t| t as usize >= self.params.vocab) {
-            Some(t) => Err(Error::InvalidConfig(format!(
-                "token id {t} is outside the vocabulary (size {})",
-                self.params.vocab
-            ))),
+            Some(t) => {
+                Err(Error::InvalidInput(format!("token id {t} is outside the vocabulary (size {})", self.params.vocab)))
+            }
             None => Ok(()),
         }
     }
 
-    /// Feed the prompt, reusing the cached prefix, and return the next-token logits.
-    fn prefill(&self, session: &mut LlmSession, prompt: &[u32]) -> Result<Vec<f32>> {
+    /// Feed the prompt, reusing the cached prefix, and return the next-token logits. `on_progress` gets 0.0, then
+    /// after each `eval_batch_size` chunk the share of the tokens to evaluate that are done (exactly 1.0 last), as
+    /// LM Studio's `onPromptProcessingProgress`; an error from it stops here as `Cancelled`.
+    fn prefill(
+        &self,
+        session: &mut LlmSession,
+        prompt: &[u32],
+        mut on_progress: Option<&mut ProgressFn<'_>>,
+    ) -> Result<Vec<f32>> {
         session.check_fits(prompt.len())?;
         self.check_ids(prompt)?;
+        let mut report = |fraction: f32| match on_progress.as_mut() {
+            Some(callback) => callback(fraction).map_err(Error::Cancelled),
+            None => Ok(()),
+        };
         // Reuse the longest cached prefix, but always evaluate at least one token to get logits.
         let common = session.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         session.cached.truncate(common);
+        let todo = &prompt[common..];
+        report(0.0)?;
         let mut logits = None;
-        for chunk in prompt[common..].chunks(session.eval_batch_size) {
+        for chunk in todo.chunks(session.eval_batch_size) {
             let pos = session.cached.len();
-            logits = Some(self.forward(&mut session.cache, &session.rope, chunk, pos, false)?);
+            logits = Some(self.forward(&mut session.cache, &session.ropes, chunk, pos, false)?);
             session.cached.extend_from_slice(chunk);
+            report((session.cached.len() - common) as f32 / todo.len() as f32)?;
         }
-        let logits = logits.ok_or_else(|| Error::InvalidConfig("the prompt is empty".into()))?;
+        let logits = logits.ok_or_else(|| Error::InvalidInput("the prompt is empty".into()))?;
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
 
     fn decode_one(&self, session: &mut LlmSession, token: u32) -> Result<Vec<f32>> {
         let pos = session.cached.len();
-        let logits = self.forward(&mut session.cache, &session.rope, &[token], pos, false)?;
+        let logits = self.forward(&mut session.cache, &session.ropes, &[token], pos, false)?;
         session.cached.push(token);
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -226,20 +270,26 @@ impl LlmModel {
     /// Start a prediction; nothing runs until the first `next_fragment`.
     pub fn start(&self, prompt: Vec<u32>, config: PredictionConfig) -> Result<GenerationState> {
         if prompt.is_empty() {
-            return Err(Error::InvalidConfig("the prompt is empty: give at least one token".into()));
+            return Err(Error::InvalidInput("the prompt is empty: give at least one token".into()));
         }
         Ok(GenerationState::new(prompt, config))
     }
 
-    /// Produce the next fragment of text, or `None` when the prediction has ended.
-    pub fn next_fragment(&self, session: &mut LlmSession, st: &mut GenerationState) -> Result<Option<Fragment>> {
+    /// Produce the next fragment of text, or `None` when the prediction has ended. The first call processes the
+    /// prompt, reporting to `on_prompt_progress` (see `prefill`).
+    pub fn next_fragment(
+        &self,
+        session: &mut LlmSession,
+        st: &mut GenerationState,
+        mut on_prompt_progress: Option<&mut ProgressFn<'_>>,
+    ) -> Result<Option<Fragment>> {
         loop {
             if st.is_done() {
                 return Ok(st.flush());
             }
             let logits = match st.logits.take() {
                 Some(l) => l,
-                None => self.prefill(session, &st.prompt)?,
+                None => self.prefill(session, &st.prompt, on_prompt_progress.take())?,
             };
             if st.config.max_tokens.is_some_and(|m| st.tokens().len() >= m) {
                 st.finish(StopReason::MaxPredictedTokensReached);

@@ -1,8 +1,8 @@
-//! Per-instance inference state: the KV cache, the RoPE tables and which tokens the cache holds. Instances of
+//! Per-instance inference state: the KV cache, the RoPE tables (built for the instance's context, base and scale) and which tokens the cache holds. Instances of
 //! one file share the `LlmModel`; each has its own session.
 
 use super::blocks::kv_cache::KvCache;
-use super::blocks::rope::Rope;
+use super::blocks::rope::RopeTables;
 use super::llm::LlmModel;
 use crate::error::{Error, Result};
 use crate::kernels::f16_attention::Heads;
@@ -10,7 +10,7 @@ use crate::kernels::f16_attention::Heads;
 /// Per-instance inference state: the KV cache and which tokens it holds.
 pub struct LlmSession {
     pub(super) cache: KvCache,
-    pub(super) rope: Rope,
+    pub(super) ropes: RopeTables,
     /// The tokens whose keys and values the cache holds, in order.
     pub(super) cached: Vec<u32>,
     /// Tokens of context.
@@ -33,10 +33,10 @@ impl LlmSession {
         Ok(LlmSession {
             cache: KvCache::new(
                 &devices,
-                Heads { n_head: p.n_head, n_kv: p.n_head_kv, hd: p.head_dim },
+                Heads { n_head: p.n_head, n_kv: p.n_head_kv, head_dim: p.head_dim },
                 context_length,
             )?,
-            rope: Rope::new(p.head_dim, context_length, rope_base, rope_scale)?,
+            ropes: model.rope_tables(context_length, rope_base, rope_scale)?,
             cached: Vec::new(),
             context_length,
             eval_batch_size: eval_batch_size.max(1),

@@ -2,7 +2,7 @@
 //!
 //! Reading a page of a mapped file that another process truncated away raises SIGBUS, which would kill
 //! the interpreter. Each mapping registers its address range here; on a SIGBUS inside one, the handler
-//! maps anonymous zero pages over the rest of that range, marks the mapping as damaged and returns, so
+//! marks the mapping as damaged, maps anonymous zero pages over the rest of that range and returns, so
 //! the faulting read completes (with zeros). The code that read the mapping checks `damaged` afterwards
 //! and fails the request with a clear error. A SIGBUS anywhere else is handed back: the handler that was
 //! installed before ours (Python's faulthandler, say), or the default action, is restored and the fault
@@ -144,21 +144,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
                 continue;
             }
             let page = addr & !(page_size() - 1);
-            // SAFETY: [page, end) lies inside a live read-only mapping that we own (its slot was read
-            // whole, and it unregisters before unmapping); replacing its lost tail with zero pages is
-            // what makes the read safe to retry.
-            let mapped = unsafe {
-                libc::mmap(
-                    page as *mut libc::c_void,
-                    end - page,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                    -1,
-                    0,
-                )
-            };
-            if mapped != libc::MAP_FAILED {
-                s.damaged.store(true, Ordering::SeqCst);
+            if repair(s, page, end) {
                 return;
             }
         }
@@ -182,12 +168,114 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     }
 }
 
+/// Replace the lost tail `[page, end)` of the mapping in `slot` with zero pages. False if the kernel refused.
+fn repair(slot: &Slot, page: usize, end: usize) -> bool {
+    // Damaged first: once the zero pages are in, any thread may read them, and it must then find the mapping
+    // marked (it checks after reading). Marked without the zeros, a reader faults and comes here itself.
+    slot.damaged.store(true, Ordering::SeqCst);
+    #[cfg(test)]
+    pause::between_steps(slot);
+    // SAFETY: [page, end) lies inside a live read-only mapping that we own (its slot was read whole, and it
+    // unregisters before unmapping); replacing its lost tail with zero pages is what makes the read safe to retry.
+    let mapped = unsafe {
+        libc::mmap(
+            page as *mut libc::c_void,
+            end - page,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    mapped != libc::MAP_FAILED
+}
+
+/// Tests only: hold the first repair of one armed slot between its two steps, to see what other threads see then.
+#[cfg(test)]
+mod pause {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::{Slot, TABLE};
+
+    /// The armed slot's index + 1 (0: none).
+    pub(super) static ARMED: AtomicUsize = AtomicUsize::new(0);
+    pub(super) static REACHED: AtomicBool = AtomicBool::new(false);
+    pub(super) static RELEASE: AtomicBool = AtomicBool::new(false);
+
+    /// Spin (async-signal-safe: atomics only) until released, once, if `slot` is the armed one.
+    pub(super) fn between_steps(slot: &Slot) {
+        let index = TABLE.iter().position(|s| std::ptr::eq(s, slot)).map_or(0, |i| i + 1);
+        if index != 0 && ARMED.compare_exchange(index, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            REACHED.store(true, Ordering::SeqCst);
+            while !RELEASE.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The tests truncate mapped files; one at a time, so the pause of one never catches the other's fault.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A mapping of a 3-page temporary file called `name`, its guard, and the file's path.
+    fn mapped_file(name: &str) -> (memmap2::Mmap, Guard, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("mh-sigbus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; 3 * 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a read-only map of our own temporary file.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let guard = Guard::new(map.as_ptr(), map.len()).unwrap();
+        (map, guard, path)
+    }
+
+    /// A byte of the mapping, read for real (volatile), faulting if its page is gone.
+    fn read(map: &memmap2::Mmap, offset: usize) -> u8 {
+        assert!(offset < map.len());
+        // SAFETY: in bounds of the mapping; a lost page faults into our handler, which maps zeros over it.
+        unsafe { std::ptr::read_volatile(map.as_ptr().add(offset)) }
+    }
+
+    /// Another thread that reads the zeros must also see the mapping marked damaged, or it would trust them: the
+    /// handler marks the mapping before it maps the zero pages. Checked with the first repair held between its
+    /// two steps while this thread reads the lost page and asks whether the mapping is damaged.
+    #[test]
+    fn a_thread_that_reads_the_zeros_sees_the_mapping_damaged() {
+        let _serial = serial();
+        let (map, guard, path) = mapped_file("race.bin");
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(100).unwrap();
+        pause::REACHED.store(false, Ordering::SeqCst);
+        pause::RELEASE.store(false, Ordering::SeqCst);
+        pause::ARMED.store(guard.slot + 1, Ordering::SeqCst);
+        let addr = map.as_ptr() as usize;
+        let first_reader = std::thread::spawn(move || {
+            // SAFETY: as `read`; the mapping outlives this thread (joined below).
+            unsafe { std::ptr::read_volatile((addr + 2 * 4096 + 5) as *const u8) }
+        });
+        while !pause::REACHED.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let seen = read(&map, 2 * 4096 + 9);
+        let damaged_when_seen = guard.damaged();
+        pause::RELEASE.store(true, Ordering::SeqCst);
+        assert_eq!(first_reader.join().unwrap(), 0);
+        assert_eq!(seen, 0);
+        assert!(damaged_when_seen, "a thread read the zero pages while the mapping was not yet marked damaged");
+        drop((guard, map));
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn a_truncated_mapping_reads_zeros_and_is_marked_damaged() {
+        let _serial = serial();
         let dir = std::env::temp_dir().join(format!("mh-sigbus-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f.bin");

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 pub(super) const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// llama.cpp's ASCII-only spelling of `(?i:'s|…)`: Unicode case folding would also match `'ſ`.
 const LLAMA3_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen 2's: Llama 3's with digits one at a time.
+const QWEN2_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const DEFAULT_PATTERNS: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2_PATTERN, r"\p{N}+", r"[0-9][0-9][0-9]"];
 const SMOLLM_PATTERNS: &[&str] = &[r"\p{N}", GPT2_PATTERN];
 
@@ -55,6 +57,9 @@ pub(super) fn pre_tokenizer(pre: Option<&str>) -> Option<PreTokenizer> {
         "default" => p(DEFAULT_PATTERNS, false, false),
         "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
         | "jina-v5-nano" => p(std::slice::from_ref(&LLAMA3_PATTERN), true, true),
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => {
+            p(std::slice::from_ref(&QWEN2_PATTERN), false, false)
+        }
         "dbrx" | "smaug-bpe" => p(std::slice::from_ref(&LLAMA3_PATTERN), false, false),
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
             p(SMOLLM_PATTERNS, false, false)

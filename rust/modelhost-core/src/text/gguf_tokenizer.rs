@@ -15,8 +15,8 @@ use std::path::Path;
 
 use super::bpe::{pre_tokenizer, ByteLevelBpe, PreTokenizer, GPT2_PATTERN};
 use super::gguf_vocab::{
-    append_piece, attr_from_type, detect_special, integer, read_tokens, Meta, SpecialIds, ATTR_CONTROL, ATTR_NORMAL,
-    ATTR_UNKNOWN, ATTR_USER_DEFINED,
+    append_piece, attr_from_type, detect_special, integer, read_tokens, Meta, SpecialIds, ATTR_CONTROL, ATTR_LSTRIP,
+    ATTR_NORMAL, ATTR_RSTRIP, ATTR_UNKNOWN, ATTR_USER_DEFINED,
 };
 use super::spm::SentencePiece;
 use crate::error::{Error, Result};
@@ -207,6 +207,8 @@ impl GgufTokenizer {
             .collect();
         // Stable, so equal lengths keep id order (llama.cpp's std::sort leaves that order unspecified).
         special_tokens.sort_by_key(|&id| std::cmp::Reverse(texts[id as usize].len()));
+        let model_name = meta.str("general.name").ok().flatten().unwrap_or_default();
+        set_strip_attributes(model_name, &texts, &special_tokens, &mut attrs);
 
         let mut pieces = Vec::with_capacity(texts.iter().map(String::len).sum());
         let mut piece_starts = Vec::with_capacity(n + 1);
@@ -275,7 +277,7 @@ impl GgufTokenizer {
                             for c in text[start..end].chars() {
                                 piece.push(if c == ' ' { '▁' } else { c });
                             }
-                            spm.encode(&piece, &mut out)?;
+                            spm.encode(&self.texts, &piece, &mut out)?;
                             after_special = false;
                         }
                         Segment::Token(id) => {
@@ -315,6 +317,16 @@ impl GgufTokenizer {
     /// The number of tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.texts.len()
+    }
+
+    /// Whether `encode` puts the BOS token first (`tokenizer.ggml.add_bos_token`).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether `encode` puts the EOS token last (`tokenizer.ggml.add_eos_token`).
+    pub fn adds_eos(&self) -> bool {
+        self.add_eos
     }
 
     /// The beginning-of-sequence token.
@@ -378,13 +390,21 @@ impl GgufTokenizer {
                     next.push(segment);
                     continue;
                 };
+                let attr = self.attrs[id as usize];
                 let mut pos = start;
                 while let Some(found) = text[pos..end].find(needle) {
-                    if found > 0 {
-                        next.push(Segment::Text(pos, pos + found));
+                    let mut left_end = pos + found;
+                    if attr & ATTR_LSTRIP != 0 {
+                        left_end = pos + text[pos..left_end].trim_end_matches(is_c_space).len();
+                    }
+                    if left_end > pos {
+                        next.push(Segment::Text(pos, left_end));
                     }
                     next.push(Segment::Token(id));
                     pos += found + needle.len();
+                    if attr & ATTR_RSTRIP != 0 {
+                        pos = end - text[pos..end].trim_start_matches(is_c_space).len();
+                    }
                 }
                 if pos < end {
                     next.push(Segment::Text(pos, end));
@@ -393,6 +413,31 @@ impl GgufTokenizer {
             segments = next;
         }
         segments
+    }
+}
+
+/// C's `isspace` in the "C" locale, which llama.cpp strips with.
+fn is_c_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
+}
+
+/// The whitespace-stripping attributes llama.cpp gives tokens by the model's name (`llama_vocab::impl::load`):
+/// for Phi-3 (a `general.name` containing "phi-3" or "phi3", any case) every special token and `</s>` drop the
+/// whitespace that follows them, except `<unk>`, `<s>` and `<|endoftext|>`.
+fn set_strip_attributes(model_name: &str, texts: &[String], special_tokens: &[u32], attrs: &mut [u16]) {
+    let name = model_name.to_ascii_lowercase();
+    if !(name.contains("phi-3") || name.contains("phi3")) {
+        return;
+    }
+    for &id in special_tokens {
+        attrs[id as usize] |= ATTR_RSTRIP;
+    }
+    for (id, text) in texts.iter().enumerate() {
+        match text.as_str() {
+            "</s>" => attrs[id] |= ATTR_RSTRIP,
+            "<unk>" | "<s>" | "<|endoftext|>" => attrs[id] &= !ATTR_RSTRIP,
+            _ => {}
+        }
     }
 }
 

@@ -19,6 +19,10 @@ pub(super) const ATTR_NORMAL: u16 = 1 << 2;
 pub(super) const ATTR_CONTROL: u16 = 1 << 3;
 pub(super) const ATTR_USER_DEFINED: u16 = 1 << 4;
 pub(super) const ATTR_BYTE: u16 = 1 << 5;
+/// Whitespace before the token is dropped when it is split out of a text.
+pub(super) const ATTR_LSTRIP: u16 = 1 << 7;
+/// Whitespace after the token is dropped when it is split out of a text.
+pub(super) const ATTR_RSTRIP: u16 = 1 << 8;
 
 /// Any integer metadata value as an `i64` (u64 values past `i64::MAX` saturate).
 pub(super) fn integer(v: &Value) -> Option<i64> {

@@ -1,14 +1,19 @@
 //! SentencePiece BPE (`tokenizer.ggml.model = "llama"`), as llama.cpp runs it: symbols merge by the score
 //! of the merged piece, and pieces missing from the vocabulary fall back to `<0xXX>` byte tokens.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::gguf_vocab::{duplicate_token_reason, Meta};
 use crate::error::{Error, Result};
 
-/// A SentencePiece vocabulary: token ids by text, their scores, and the byte-fallback tokens.
+/// A SentencePiece vocabulary: token ids by text, their scores, and the byte-fallback tokens. The texts stay the
+/// tokenizer's (passed to `encode`); the index holds ids only, so a 262k-token vocabulary costs no string copies.
 pub(super) struct SentencePiece {
-    token_to_id: HashMap<String, u32>,
+    /// Ids, found by hashing their token's text.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     scores: Vec<f32>,
     /// The token for each byte: `<0xXX>`, else the byte itself as a one-character token.
     byte_tokens: Box<[Option<u32>; 256]>,
@@ -19,25 +24,40 @@ pub(super) struct SentencePiece {
 impl SentencePiece {
     /// Build from the token texts and scores; duplicate tokens name the key.
     pub(super) fn new(meta: &Meta<'_>, texts: &[String], scores: Vec<f32>, add_space_prefix: bool) -> Result<Self> {
-        let token_to_id: HashMap<String, u32> =
-            texts.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
-        if token_to_id.len() != texts.len() {
-            return Err(meta.err(duplicate_token_reason(texts)));
+        let hasher = DefaultHashBuilder::default();
+        let mut index = HashTable::with_capacity(texts.len());
+        for (id, text) in texts.iter().enumerate() {
+            let entry = index.entry(
+                hasher.hash_one(text.as_str()),
+                |&other: &u32| texts[other as usize] == *text,
+                |&other| hasher.hash_one(texts[other as usize].as_str()),
+            );
+            match entry {
+                hashbrown::hash_table::Entry::Occupied(_) => return Err(meta.err(duplicate_token_reason(texts))),
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(id as u32);
+                }
+            }
         }
-        let mut byte_tokens = Box::new([None; 256]);
-        for (b, slot) in byte_tokens.iter_mut().enumerate() {
+        let mut spm = SentencePiece { index, hasher, scores, byte_tokens: Box::new([None; 256]), add_space_prefix };
+        for b in 0..=255u8 {
             // llama.cpp `byte_to_token`: "<0xXX>", else the byte as a one-character token.
-            *slot = token_to_id.get(&format!("<0x{b:02X}>")).copied().or_else(|| {
-                let c = char::from(b as u8);
-                (b < 0x80).then(|| token_to_id.get(c.encode_utf8(&mut [0; 4]) as &str).copied()).flatten()
+            spm.byte_tokens[usize::from(b)] = spm.id(texts, &format!("<0x{b:02X}>")).or_else(|| {
+                let c = char::from(b);
+                (b < 0x80).then(|| spm.id(texts, c.encode_utf8(&mut [0; 4]))).flatten()
             });
         }
-        Ok(SentencePiece { token_to_id, scores, byte_tokens, add_space_prefix })
+        Ok(spm)
     }
 
-    /// Tokenize one fragment whose spaces are already `▁`.
-    pub(super) fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
-        spm_encode(&self.token_to_id, &self.scores, &self.byte_tokens, text, out)
+    /// The id of the token `text` (`texts` are the vocabulary's, as given to `new`).
+    fn id(&self, texts: &[String], text: &str) -> Option<u32> {
+        self.index.find(self.hasher.hash_one(text), |&id| texts[id as usize] == text).copied()
+    }
+
+    /// Tokenize one fragment whose spaces are already `▁`, with the vocabulary `texts` given to `new`.
+    pub(super) fn encode(&self, texts: &[String], text: &str, out: &mut Vec<u32>) -> Result<()> {
+        spm_encode(|piece| self.id(texts, piece), &self.scores, &self.byte_tokens, text, out)
     }
 }
 
@@ -80,7 +100,7 @@ struct Symbol {
 /// Tokenize one fragment (spaces already `▁`) with SentencePiece BPE
 /// (llama.cpp `llm_tokenizer_spm_session::tokenize`).
 fn spm_encode(
-    token_to_id: &HashMap<String, u32>,
+    token_to_id: impl Fn(&str) -> Option<u32>,
     scores: &[f32],
     byte_tokens: &[Option<u32>; 256],
     text: &str,
@@ -100,7 +120,7 @@ fn spm_encode(
     let try_add = |queue: &mut std::collections::BinaryHeap<Bigram>, symbols: &[Symbol], left: usize, right: usize| {
         let (l, r) = (symbols[left], symbols[right]);
         let merged = &text[l.start..r.start + r.len];
-        if let Some(&id) = token_to_id.get(merged) {
+        if let Some(id) = token_to_id(merged) {
             queue.push(Bigram { score: scores[id as usize], left, right, size: merged.len() });
         }
     };
@@ -131,8 +151,8 @@ fn spm_encode(
     while let Some(index) = i {
         let s = symbols[index];
         let piece = &text[s.start..s.start + s.len];
-        match token_to_id.get(piece) {
-            Some(&id) => out.push(id),
+        match token_to_id(piece) {
+            Some(id) => out.push(id),
             None => {
                 for b in piece.bytes() {
                     let id = byte_tokens[b as usize].ok_or_else(|| {

@@ -1,9 +1,9 @@
-//! BERT's WordPiece vocabulary, read from `tokenizer.json` in about a third of the time `tokenizers`
-//! takes, for the embedding models' load.
+//! BERT's WordPiece vocabulary, read from `tokenizer.json` with one allocation per structure, for the
+//! embedding models' load.
 //!
 //! `tokenizers`' own WordPiece keeps two hash maps of owned strings (token → id and id → token) and
-//! grows the first entry by entry while parsing: for MiniLM's 30k tokens that is 4-5 ms of a load that
-//! is otherwise 2 ms. This model keeps every token in one string, a table of spans by id, and a hash
+//! grows the first entry by entry while parsing, which was most of an embedding model's load (the numbers
+//! are in `benches/results/profile.md`). This model keeps every token in one string, a table of spans by id, and a hash
 //! table of ids keyed by their text: one allocation per structure, none per token. Tokenization is the
 //! same greedy longest-match-first as `tokenizers::models::wordpiece::WordPiece::tokenize` (the tests
 //! compare the two), and the rest of the pipeline (normalizer, pre-tokenizer, added tokens, post-processor)

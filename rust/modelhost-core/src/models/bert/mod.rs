@@ -8,17 +8,17 @@
 //! the longest with an attention mask and does none of the padded work.
 //!
 //! Weights are used in place: with `try_mmap` they are views into the shared read-only mapping of
-//! `model.safetensors` (its pages are touched chunk by chunk while loading, so progress is real and the
-//! first request does not fault them in), and with `try_mmap: false` views into one owned copy of the
-//! file. Only tensors that need a conversion (F16, BF16, F64, or misaligned data) are copied. Loading
-//! therefore costs the page-table work and the tokenizer, not a 90 MB copy. The remaining risk of a
-//! mapping, as with llama.cpp: another process truncating the file while it is loaded makes the next read
-//! of a lost page fault (SIGBUS); the size is checked before the pages are first touched.
+//! `model.safetensors`, whose pages are not read at load but fault in on first use (half of MiniLM is the
+//! word-embedding table, read a few rows per request; see `weights::materialise`), and with
+//! `try_mmap: false` views into one owned copy of the file. Only tensors that need a conversion (F16, BF16,
+//! F64, or misaligned data) are copied. Loading therefore costs the page-table work and the tokenizer, not a
+//! copy of the weights. A file truncated while it is mapped makes the next read of a lost page fault: the
+//! SIGBUS guard (`storage::sigbus`) turns that into zeros and a `ModelLoad` error on the request.
 //!
 //! The forward pass is our own, on `gemm` (the matmul kernel candle uses on the CPU) plus small fused
 //! kernels for layer norm, GELU, softmax and attention, because candle-transformers' `BertModel` pads
 //! every batch, allocates a tensor per op and packs the weights for every matmul, even for one short
-//! sentence, where streaming each weight row once (`kernels::f32_matmul`) is several times faster.
+//! sentence, where streaming each weight row once (`kernels::f32_matmul`) does far less work.
 //! `tests/minilm_embedding.rs` checks it against sentence-transformers and has the timing report.
 
 mod folder;

@@ -296,7 +296,7 @@ fn materialise(
         if info.dtype == Dtype::F32 && aligned && cfg!(target_endian = "little") {
             // Used in place; the pages fault in on first use. Unlike the LLM's, these are not read in
             // at load: half are the word embeddings, read a few rows per request, and prefaulting the
-            // rest measured slower than the kernel's fault-around (load + first embed, warm or cold).
+            // rest measured slower than the kernel's fault-around (benches/results/profile.md).
             progress.advance(src.len() as u64)?;
             any_view = true;
             out.push(Weight::View(range));

@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
-use super::attention::{attention, causal_mask, round_f16};
+use super::attention::{attention, attention_mask, round_f16};
 use crate::error::{Error, Result};
 use crate::kernels::f16_attention::{self, Heads};
 use crate::storage::ZeroedPages;
@@ -28,7 +28,7 @@ pub(crate) struct KvCache {
 impl KvCache {
     /// A cache for `ctx` positions, one layer per device in `devices`. Nothing is made resident here.
     pub(crate) fn new(devices: &[Device], heads: Heads, ctx: usize) -> Result<Self> {
-        let len = heads.n_kv * ctx * heads.hd;
+        let len = heads.n_kv * ctx * heads.head_dim;
         let layers = devices
             .iter()
             .map(|d| {
@@ -43,7 +43,7 @@ impl KvCache {
                     };
                     Ok(LayerCache::Cpu { k: reserve()?, v: reserve()? })
                 } else {
-                    let shape = (heads.n_kv, ctx, heads.hd);
+                    let shape = (heads.n_kv, ctx, heads.head_dim);
                     Ok(LayerCache::Gpu {
                         k: Tensor::zeros(shape, DType::F32, d)?,
                         v: Tensor::zeros(shape, DType::F32, d)?,
@@ -79,9 +79,9 @@ impl KvCache {
                 let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
                 let (q, k, v) = (flat(q)?, flat(k)?, flat(v)?);
                 f16_attention::store(h, &k, &v, kc.as_mut_slice(), vc.as_mut_slice(), self.ctx, pos, seq);
-                let mut out = vec![0f32; seq * h.n_head * h.hd];
+                let mut out = vec![0f32; seq * h.n_head * h.head_dim];
                 f16_attention::attend(h, &q, kc.as_slice(), vc.as_slice(), self.ctx, pos, seq, scale, window, &mut out);
-                Ok(Tensor::from_vec(out, (seq, h.n_head * h.hd), &Device::Cpu)?)
+                Ok(Tensor::from_vec(out, (seq, h.n_head * h.head_dim), &Device::Cpu)?)
             }
             LayerCache::Gpu { k: kc, v: vc } => {
                 // As llama.cpp keeps K and V in f16 and multiplies in f16: round the same way to agree with it.
@@ -90,12 +90,9 @@ impl KvCache {
                 vc.slice_set(&v, 1, pos)?;
                 let total = pos + seq;
                 let (k_all, v_all) = (kc.narrow(1, 0, total)?, vc.narrow(1, 0, total)?);
-                if window.is_some() {
-                    return Err(Error::NotSupported("sliding-window attention on a GPU".into()));
-                }
-                let mask = causal_mask(seq, pos)?;
+                let mask = attention_mask(seq, pos, window)?;
                 let attn = attention(&q, &k_all, &v_all, mask.as_ref(), h, scale)?;
-                Ok(attn.transpose(0, 1)?.reshape((seq, h.n_head * h.hd))?)
+                Ok(attn.transpose(0, 1)?.reshape((seq, h.n_head * h.head_dim))?)
             }
         }
     }
