@@ -55,6 +55,8 @@ MODELS = {  # label: (file, title)
 PROMPT_TOKENS = 128
 CONTEXT = 2048
 QUIET_WAIT_S = 5.0
+# A ratio needs this many rounds (as in run.py).
+MIN_ROUNDS = 3
 METRICS = [  # key, label, unit, better
     ("prompt_tps", "prompt processing, 128 tokens", "tok/s", "higher"),
     ("gen_tps", "generation (decode rate)", "tok/s", "higher"),
@@ -222,7 +224,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"- CPU: {m['cpu']}, {m['cores']} cores; instruction sets present: {', '.join(m['isa'])}.",
         f"- modelhost (commit {res['commit']}): kernels at run time on this CPU: {res['modelhost_kernels']}.",
         f"- llama-cpp-python {res.get('llama_cpp_version')}: `{res.get('llama_system_info', '')}`.",
-        f"- {res.get('rounds_done', 0)} of {res['rounds']} interleaved rounds (per model: modelhost's worker, then the "
+        f"- {res['rounds']} interleaved rounds per model (each: modelhost's worker, then the "
         f"peer's, each its own process, 2 threads), {res['reps']} repetitions per worker; context {CONTEXT}, "
         f"batch 512; generation {res['gen']} "
         "greedy tokens (the peer: `eval` of one token at a time). Cells: median [min to max] over every sample of "
@@ -231,14 +233,18 @@ def markdown(res: dict[str, Any]) -> str:
         "",
     ]
     for models in res["models"].values():
-        lines += [f"## {models['title']}", ""]
+        if not models["rounds"]:
+            continue
+        lines += [f"## {models['title']} ({len(models['rounds'])} rounds)", ""]
         lines += ["| metric | unit | better | modelhost | llama-cpp-python | ratio |", "|---|---|---|---:|---:|---:|"]
         for key, name, unit, better in METRICS:
             ours = [v for r in models["rounds"] for v in r.get("modelhost", {}).get(key, [])]
             theirs = [v for r in models["rounds"] for v in r.get("llama", {}).get(key, [])]
             ratios = models["ratios"].get(key, [])
             ratio = (
-                "—" if len(ratios) < 1 else f"{statistics.median(ratios):.2f} [{min(ratios):.2f} to {max(ratios):.2f}]"
+                "—"
+                if len(ratios) < MIN_ROUNDS
+                else f"{statistics.median(ratios):.2f} [{min(ratios):.2f} to {max(ratios):.2f}]"
             )
             lines.append(f"| {name} | {unit} | {better} | {cell(ours)} | {cell(theirs)} | {ratio} |")
         errors = [f"{s}: {r[s]['error']}" for r in models["rounds"] for s in r if "error" in r[s]]
@@ -311,8 +317,10 @@ def main() -> int:
         "models": {lb: {"title": MODELS[lb][1], "rounds": [], "ratios": {}} for lb in labels},
     }
     pys = {"modelhost": args.modelhost_python or args.python, "llama": args.python}
-    for rnd in range(args.rounds):
-        for lb in labels:
+    # Models outer, rounds inner: a run cut short keeps whole models (each round is still modelhost's worker then
+    # the peer's, back to back).
+    for lb in labels:
+        for rnd in range(args.rounds):
             write(res, args.out_dir)  # what is done so far, should the run be cut short
             entry: dict[str, Any] = {}
             for system in ("modelhost", "llama"):
@@ -328,7 +336,6 @@ def main() -> int:
                 }
                 print(f"round {rnd + 1} {lb} {system}: {r.get('error', brief)}", file=sys.stderr, flush=True)
             res["models"][lb]["rounds"].append(entry)
-            res["rounds_done"] = rnd + 1 if lb == labels[-1] else rnd
             for key, *_ in METRICS:
                 a, b = entry["modelhost"].get(key), entry["llama"].get(key)
                 if a and b and statistics.median(b) > 0:
