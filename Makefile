@@ -79,6 +79,8 @@ demo: install
 bench: install
 	bash scripts/bench_env.sh
 	.venv-bench/bin/python benches/run.py
+	.venv-bench/bin/python benches/make_models.py
+	.venv-bench/bin/python benches/real_sizes.py
 
 .PHONY: bench-quick  ## seconds-long smoke run of the benchmark harness (modelhost only)
 bench-quick: install

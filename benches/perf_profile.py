@@ -42,7 +42,8 @@ def inner(phase: str, seconds: float, ctl: str | None, ack: str | None, models_d
             for j in range(0, len(sents), C.EMB_BATCH):
                 h.embed(sents[j : j + C.EMB_BATCH])
     else:
-        h = client.llm.model(C.LLM_KEY, config={"contextLength": C.CONTEXT_LENGTH})
+        key = os.environ.get("MODELHOST_PROFILE_LLM", C.LLM_KEY)
+        h = client.llm.model(key, config={"contextLength": C.CONTEXT_LENGTH})
         if phase == "prompt":
 
             def step(i: int) -> None:
@@ -156,6 +157,7 @@ def main() -> int:
         help="count instructions with valgrind's callgrind (1 thread) instead of sampling with perf",
     )
     ap.add_argument("--iterations", type=int, default=2, help="workload iterations per phase with --callgrind")
+    ap.add_argument("--llm", default=None, help="the LLM to profile: a model key or a GGUF's absolute path")
     ap.add_argument("--inner", choices=PHASES, help=argparse.SUPPRESS)
     ap.add_argument("--ctl", help=argparse.SUPPRESS)
     ap.add_argument("--ack", help=argparse.SUPPRESS)
@@ -165,8 +167,10 @@ def main() -> int:
         return 0
 
     env = {**os.environ, **C.thread_env()}
+    if args.llm:
+        env["MODELHOST_PROFILE_LLM"] = args.llm
     sections = [
-        f"# modelhost profile, {dt.date.today()} on {socket.gethostname()}",
+        f"# modelhost profile, {dt.date.today()} on {socket.gethostname()}: {args.llm or C.LLM_KEY}",
         "valgrind --tool=callgrind, 1 thread"
         if args.callgrind
         else f"perf record -e cpu-clock -F 999, {C.THREADS} threads, {args.seconds:.0f} s sampled per phase",
@@ -234,7 +238,8 @@ def main() -> int:
     text = "\n".join(sections) + "\n"
     print(text)
     kind = "callgrind" if args.callgrind else "perf"
-    out = HERE / "results" / f"profile-{kind}-{dt.date.today()}-{socket.gethostname()}.txt"
+    model = f"-{Path(args.llm).parent.name}-{Path(args.llm).stem}" if args.llm else ""
+    out = HERE / "results" / f"profile-{kind}-{dt.date.today()}-{socket.gethostname()}{model}.txt"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print(f"wrote {out}", file=sys.stderr)

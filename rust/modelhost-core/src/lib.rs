@@ -11,8 +11,8 @@
 //!    (`host::placement::Placement`), the memory estimate and budget (`host::budget`).
 //! 4. **plan → mapping**: `storage::map_shared` maps the file once per process (or `storage::read_owned` copies
 //!    it), under the SIGBUS guard (`storage::sigbus`).
-//! 5. **mapping → tensors**: `models::gguf_loader::GgufLoader` reads each tensor, Q4_1/Q8_0 matrices used in
-//!    place as `kernels::QuantMatrix`; BERT's `models::bert::weights` views f32 tensors in place.
+//! 5. **mapping → tensors**: `models::gguf_loader::GgufLoader` reads each tensor, CPU matrices of every type used
+//!    in place as `kernels::matrix::WeightMatrix`; BERT's `models::bert::weights` views f32 tensors in place.
 //! 6. **tensors → model**: `models::LlmModel::load` builds the tokenizer (`text`), the chat template and the
 //!    architecture's `Decoder` (`models::llama`, on `models::blocks` and `kernels`); `models::bert::EmbeddingModel`
 //!    likewise for embedding folders.

@@ -94,7 +94,7 @@ pub fn header_to_py(py: Python<'_>, h: &GgufHeader) -> PyResult<Py<PyAny>> {
         let td = PyDict::new(py);
         td.set_item("name", &t.name)?;
         td.set_item("dims", &t.dims)?;
-        td.set_item("dtype", modelhost_core::formats::gguf::dtype_name(t.dtype))?;
+        td.set_item("dtype", t.dtype.name())?;
         td.set_item("offset", t.offset)?;
         td.set_item("size", t.size)?;
         tensors.append(td)?;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::GgmlDType;
+use crate::kernels::types::WeightType;
 
 use crate::error::{Error, Result};
 
@@ -112,7 +112,7 @@ pub struct TensorInfo {
     /// Dimensions in ggml order (fastest-varying first).
     pub dims: Vec<usize>,
     /// Element type.
-    pub dtype: GgmlDType,
+    pub dtype: WeightType,
     /// Absolute byte offset of the data in the file.
     pub offset: usize,
     /// Byte length of the data.
@@ -171,52 +171,9 @@ impl GgufHeader {
     pub fn quantization(&self) -> String {
         let mut counts = HashMap::new();
         for t in self.tensors.iter().filter(|t| t.dims.len() == 2) {
-            *counts.entry(dtype_name(t.dtype)).or_insert(0u64) += t.size as u64;
+            *counts.entry(t.dtype.name()).or_insert(0u64) += t.size as u64;
         }
         counts.into_iter().max_by_key(|&(_, n)| n).map_or("unknown", |(q, _)| q).to_string()
-    }
-}
-
-/// Map a ggml type id to candle's dtype (ids from ggml.h).
-pub fn dtype_from_id(id: u32) -> Option<GgmlDType> {
-    Some(match id {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        3 => GgmlDType::Q4_1,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        9 => GgmlDType::Q8_1,
-        10 => GgmlDType::Q2K,
-        11 => GgmlDType::Q3K,
-        12 => GgmlDType::Q4K,
-        13 => GgmlDType::Q5K,
-        14 => GgmlDType::Q6K,
-        15 => GgmlDType::Q8K,
-        30 => GgmlDType::BF16,
-        _ => return None,
-    })
-}
-
-/// The name llama.cpp gives a dtype (`Q4_1`, `Q4_K`, …).
-pub fn dtype_name(dtype: GgmlDType) -> &'static str {
-    match dtype {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
     }
 }
 
@@ -422,7 +379,7 @@ fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
     struct RawTensor {
         name: String,
         dims: Vec<usize>,
-        dtype: GgmlDType,
+        dtype: WeightType,
         rel_offset: u64,
     }
     let mut raw = Vec::with_capacity(n_tensors);
@@ -443,7 +400,8 @@ fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
             dims.push(usize::try_from(d).map_err(|_| format!("tensor {name:?} dimension {d} too large"))?);
         }
         let type_id = r.u32("tensor type")?;
-        let dtype = dtype_from_id(type_id).ok_or_else(|| format!("tensor {name:?} has unknown type {type_id}"))?;
+        let dtype =
+            WeightType::from_ggml_id(type_id).ok_or_else(|| format!("tensor {name:?} has unknown type {type_id}"))?;
         let rel_offset = r.u64("tensor offset")?;
         if !names.insert(name.clone()) {
             return Err(format!("duplicate tensor name {name:?}"));
@@ -460,18 +418,18 @@ fn parse_inner(bytes: &[u8], keep_arrays: bool) -> ParseResult<GgufHeader> {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(|| format!("tensor {:?}: element count overflows", t.name))?;
-        let block = t.dtype.block_size() as u64;
+        let block = t.dtype.block_elems() as u64;
         if !(t.dims[0] as u64).is_multiple_of(block) {
             return Err(format!(
                 "tensor {:?}: first dimension {} is not a multiple of the {}-element block of {}",
                 t.name,
                 t.dims[0],
                 block,
-                dtype_name(t.dtype)
+                t.dtype.name()
             ));
         }
         let size = (numel / block)
-            .checked_mul(t.dtype.type_size() as u64)
+            .checked_mul(t.dtype.block_bytes() as u64)
             .ok_or_else(|| format!("tensor {:?}: byte size overflows", t.name))?;
         if t.rel_offset % alignment != 0 {
             return Err(format!("tensor {:?}: offset {} is not aligned to {alignment}", t.name, t.rel_offset));

@@ -17,7 +17,7 @@ pub struct MemoryEstimate {
     pub weights_bytes: u64,
     /// KV cache for the context length.
     pub kv_cache_bytes: u64,
-    /// Tokenizer, RoPE tables and other per-instance buffers.
+    /// Tokenizer, RoPE tables, the working memory of a prompt chunk and other per-instance buffers.
     pub scratch_bytes: u64,
     /// Sum of the above.
     pub total_bytes: u64,

@@ -92,11 +92,16 @@ pub(super) struct ReleaseFreedMemory;
 
 impl Drop for ReleaseFreedMemory {
     fn drop(&mut self) {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free pages of the allocator's arenas to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        release_freed_memory();
+    }
+}
+
+/// Return the allocator's free pages to the kernel (glibc's `malloc_trim`; nothing elsewhere).
+pub(super) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

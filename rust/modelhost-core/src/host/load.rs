@@ -39,7 +39,13 @@ pub(super) fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<Loa
             let weights_bytes = header.tensor_bytes();
             let kv = params.kv_bytes_per_token().saturating_mul(ctx as u64);
             let rope = (ctx * params.head_dim * std::mem::size_of::<f32>()) as u64;
-            let scratch = rope + params.vocab as u64 * TOKENIZER_BYTES_PER_TOKEN;
+            let n_ff = header
+                .arch_get("feed_forward_length")
+                .and_then(gguf::Value::as_u64)
+                .map_or(4 * params.n_embd, |v| v as usize);
+            // What a prompt chunk computes with (activations, attention tiles, logits), which the allocator keeps.
+            let working = params.working_bytes(eval_batch_size.min(ctx), ctx, n_ff, rayon::current_num_threads());
+            let scratch = rope + params.vocab as u64 * TOKENIZER_BYTES_PER_TOKEN + working;
             let total = weights_bytes.saturating_add(kv).saturating_add(scratch);
             check_fits_in_ram(&entry.model_key, total)?;
             let per_block = weights_bytes.saturating_add(kv) / params.n_layer as u64;
@@ -126,7 +132,13 @@ pub(super) fn load_llm(
     } else {
         (storage::read_owned(&entry.path, progress, 0.5)?, 0.5)
     };
-    let header = gguf::parse(bytes.as_slice(), &entry.path)?;
-    LlmModel::load(&entry.path, &header, &bytes, placement, config.keep_model_in_memory, progress, base)
-        .map_err(|e| e.with_path(&entry.path))
+    let model = {
+        let header = gguf::parse(bytes.as_slice(), &entry.path)?;
+        LlmModel::load(&entry.path, &header, &bytes, placement, config.keep_model_in_memory, progress, base)
+            .map_err(|e| e.with_path(&entry.path))?
+    };
+    // The parsed header (every token and merge as a string) is freed by now; without this glibc keeps its pages,
+    // and the load's RSS exceeds the estimate by them.
+    super::instance::release_freed_memory();
+    Ok(model)
 }

@@ -1,19 +1,21 @@
 //! The GGUF tensor loader every decoder architecture loads its weights with: tensors by llama.cpp name, shapes
-//! checked, Q4_1/Q8_0 matrices on the CPU used in place from the file's mapping (their pages read in now, with
-//! progress), everything else copied for candle. It records which tensors were read, so that a tensor an
-//! architecture does not use (a RoPE factor table, a bias) fails the load instead of being silently ignored.
+//! checked, matrices on the CPU used in place from the file's mapping by our kernels (their pages read in now,
+//! with progress), matrices on a GPU copied for candle, vectors dequantized to f32. It records which tensors were
+//! read, so that a tensor an architecture does not use (a RoPE factor table, a bias) fails the load instead of
+//! being silently ignored.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::blocks::linear::Linear;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, TensorInfo};
-use crate::kernels::{QuantKind, QuantMatrix};
+use crate::kernels::blocks::dequantize_row;
+use crate::kernels::matrix::WeightMatrix;
 use crate::storage::{self, ChunkedLoad, FileBytes, Progress};
 
 /// Bytes read in (and reported to progress) at a time when a tensor is used in place.
@@ -91,8 +93,8 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
         self.header.tensor(name).is_some()
     }
 
-    /// Tensor `name`, which must have ggml dims `expect`, copied onto `device` as stored.
-    pub(crate) fn qtensor(&mut self, name: &str, expect: &[usize], device: &Device) -> Result<QTensor> {
+    /// The header entry of tensor `name`, checked to have ggml dims `expect`, recorded as used.
+    fn checked(&mut self, name: &str, expect: &[usize]) -> Result<&'a TensorInfo> {
         let info = self.take(name)?;
         if info.dims != expect {
             return Err(Error::load(
@@ -100,24 +102,28 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
                 format!("tensor {name} has shape {:?}, expected {expect:?}", info.dims),
             ));
         }
+        Ok(info)
+    }
+
+    /// Tensor `name`, which must have ggml dims `expect`, copied onto `device` as stored, for candle.
+    fn qtensor(&mut self, name: &str, expect: &[usize], device: &Device) -> Result<QTensor> {
+        let info = self.checked(name, expect)?;
         storage::check_unchanged(self.bytes)?;
+        let dtype = info.dtype.to_candle().ok_or_else(|| {
+            Error::load(self.path, format!("tensor {name}: {} is not supported on a GPU", info.dtype.name()))
+        })?;
         let data = &self.bytes.as_slice()[info.offset..info.offset + info.size];
-        let q = qtensor_from_ggml(info.dtype, data, info.shape(), device)
-            .map_err(|e| Error::load(self.path, e.to_string()))?;
+        let q =
+            qtensor_from_ggml(dtype, data, info.shape(), device).map_err(|e| Error::load(self.path, e.to_string()))?;
         self.chunks.advance(info.size as u64)?;
         Ok(q)
     }
 
-    /// Weight matrix `name` with ggml dims `expect` (`[cols, rows]`) on `device`: Q4_1/Q8_0 on the CPU run on our
-    /// kernels, read in place from a mapping; anything else is copied for candle.
+    /// Weight matrix `name` with ggml dims `expect` (`[cols, rows]`) on `device`: on the CPU our kernels, read in
+    /// place from a mapping (or from the copy of `tryMmap: false`); on a GPU, copied for candle.
     pub(crate) fn linear(&mut self, name: &str, expect: &[usize], device: &Device) -> Result<Linear> {
-        let info = self.take(name)?;
-        let kind = match info.dtype {
-            GgmlDType::Q4_1 => Some(QuantKind::Q4_1),
-            GgmlDType::Q8_0 => Some(QuantKind::Q8_0),
-            _ => None,
-        };
-        if let Some(kind) = kind.filter(|_| device.is_cpu() && info.dims == expect) {
+        if device.is_cpu() {
+            let info = self.checked(name, expect)?;
             storage::check_unchanged(self.bytes)?;
             let range = info.offset..info.offset + info.size;
             let w = match self.bytes {
@@ -129,22 +135,31 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
                         storage::populate(chunk);
                         self.chunks.advance(chunk.len() as u64)?;
                     }
-                    QuantMatrix::mapped(kind, file.clone(), range, expect[1], expect[0])
+                    WeightMatrix::mapped(info.dtype, file.clone(), range, expect[1], expect[0])
                 }
                 FileBytes::Owned(bytes) => {
                     self.chunks.advance(info.size as u64)?;
-                    QuantMatrix::new(kind, &bytes[range], expect[1], expect[0])
+                    WeightMatrix::new(info.dtype, &bytes[range], expect[1], expect[0])
                 }
             };
             let w = w.ok_or_else(|| Error::load(self.path, format!("tensor {name}: size does not match its shape")))?;
-            return Ok(Linear::Quant(Arc::new(w)));
+            return Ok(Linear::Cpu(Arc::new(w)));
         }
         Ok(Linear::Candle(QMatMul::from_qtensor(self.qtensor(name, expect, device)?)?))
     }
 
     /// Vector `name` of `len` values, dequantized to f32 on `device`.
     pub(crate) fn vector(&mut self, name: &str, len: usize, device: &Device) -> Result<Tensor> {
-        Ok(self.qtensor(name, &[len], device)?.dequantize(device)?)
+        let info = self.checked(name, &[len])?;
+        storage::check_unchanged(self.bytes)?;
+        let data = &self.bytes.as_slice()[info.offset..info.offset + info.size];
+        if info.dtype.row_bytes(len) != Some(data.len()) {
+            return Err(Error::load(self.path, format!("tensor {name}: size does not match its shape")));
+        }
+        let mut values = vec![0f32; len];
+        dequantize_row(info.dtype, data, &mut values);
+        self.chunks.advance(info.size as u64)?;
+        Ok(Tensor::from_vec(values, len, device)?)
     }
 
     /// `vector(name, len, device)` if the file has it.
@@ -171,7 +186,10 @@ impl<'a, 'p, 'q> GgufLoader<'a, 'p, 'q> {
     /// as progress: the bytes were counted when the tensor was first loaded.
     pub(crate) fn tied_copy(&self, name: &str, device: &Device) -> Result<Linear> {
         let info = self.info(name)?;
+        let dtype = info.dtype.to_candle().ok_or_else(|| {
+            Error::load(self.path, format!("tensor {name}: {} is not supported on a GPU", info.dtype.name()))
+        })?;
         let data = &self.bytes.as_slice()[info.offset..info.offset + info.size];
-        Ok(Linear::Candle(QMatMul::from_qtensor(qtensor_from_ggml(info.dtype, data, info.shape(), device)?)?))
+        Ok(Linear::Candle(QMatMul::from_qtensor(qtensor_from_ggml(dtype, data, info.shape(), device)?)?))
     }
 }

@@ -9,7 +9,6 @@ use std::time::Instant;
 use candle_core::quantized::QMatMul;
 use candle_core::Tensor;
 
-use super::blocks::embeddings::TokenEmbeddings;
 use super::blocks::kv_cache::KvCache;
 use super::blocks::linear::Linear;
 use super::blocks::rope::RopeTables;
@@ -59,9 +58,9 @@ impl std::fmt::Debug for LlmModel {
 
 impl LlmModel {
     /// Load a GGUF file: the header is validated first, then tensors are materialised one by one,
-    /// reporting progress over `[base, 1)` of the bar. Q4_1/Q8_0 matrices on the CPU are used in place
-    /// from the mapping (their pages read in now); other tensors, and everything read with
-    /// `tryMmap: false`, are copied.
+    /// reporting progress over `[base, 1)` of the bar. Matrices on the CPU are used in place from the
+    /// mapping (their pages read in now); matrices on a GPU, and everything read with `tryMmap: false`,
+    /// are copied.
     pub fn load(
         path: &Path,
         header: &GgufHeader,
@@ -124,17 +123,21 @@ impl LlmModel {
 
     /// Whether any weights are read in place from the file's mapping (so its pages must stay).
     fn reads_in_place(&self) -> bool {
-        let table = matches!(self.decoder.token_embeddings(), TokenEmbeddings::Quant(m, _) if m.is_mapped());
-        table || self.decoder.linears().iter().any(|l| matches!(l, Linear::Quant(m) if m.is_mapped()))
+        let table = self.decoder.token_embeddings().matrix().is_mapped();
+        table || self.decoder.linears().iter().any(|l| matches!(l, Linear::Cpu(m) if m.is_mapped()))
     }
 
-    /// The big weight buffers this model owns (quantized matrices not read in place), for page locking.
+    /// The big weight buffers this model owns (matrices not read in place), for page locking.
     fn weight_regions(&self) -> Result<Vec<&[u8]>> {
         let mut out = Vec::new();
+        let table = self.decoder.token_embeddings().matrix();
+        if !table.is_mapped() {
+            out.push(table.bytes());
+        }
         for l in self.decoder.linears() {
             match l {
-                Linear::Quant(m) if m.is_mapped() => {}
-                Linear::Quant(m) => out.push(m.bytes()),
+                Linear::Cpu(m) if m.is_mapped() => {}
+                Linear::Cpu(m) => out.push(m.bytes()),
                 Linear::Candle(QMatMul::QTensor(q)) => {
                     if let std::borrow::Cow::Borrowed(b) = q.data()? {
                         out.push(b);

@@ -183,6 +183,17 @@ impl LlmParams {
         })
     }
 
+    /// Bytes a forward pass of `batch` tokens holds at its peak besides weights and KV cache, with a context of
+    /// `ctx`, a feed-forward width of `n_ff` and `threads` workers: the hidden states and their converted copies
+    /// (about eight of the width, six of the feed-forward width per token), each worker's attention tile, and a
+    /// row of logits.
+    pub fn working_bytes(&self, batch: usize, ctx: usize, n_ff: usize, threads: usize) -> u64 {
+        let activations = batch as u64 * (8 * self.n_embd as u64 + 6 * n_ff as u64) * 4;
+        let attention =
+            threads.max(1) as u64 * crate::kernels::f16_attention::working_bytes_per_thread(ctx, self.head_dim);
+        activations + attention + 2 * self.vocab as u64 * 4
+    }
+
     /// The RoPE of the full-attention layers as the file describes it (base and scale before any override),
     /// rotating in `style`, without frequency factors.
     pub(crate) fn rope_config(&self, style: RopeStyle) -> RopeConfig {
@@ -196,9 +207,9 @@ impl LlmParams {
         }
     }
 
-    /// Bytes of KV cache per token of context (f32 keys and values, every layer).
+    /// Bytes of KV cache per token of context (f16 keys and values, every layer).
     pub fn kv_bytes_per_token(&self) -> u64 {
-        [2, self.n_layer, self.n_head_kv, self.head_dim, std::mem::size_of::<f32>()]
+        [2, self.n_layer, self.n_head_kv, self.head_dim, std::mem::size_of::<half::f16>()]
             .iter()
             .fold(1u64, |acc, &x| acc.saturating_mul(x as u64))
     }

@@ -5,6 +5,7 @@ use super::blocks::kv_cache::KvCache;
 use super::blocks::rope::RopeTables;
 use super::llm::LlmModel;
 use crate::error::{Error, Result};
+use crate::kernels::f16_attention::Heads;
 
 /// Per-instance inference state: the KV cache and which tokens it holds.
 pub struct LlmSession {
@@ -19,7 +20,7 @@ pub struct LlmSession {
 }
 
 impl LlmSession {
-    /// Allocate the whole KV cache up front (and touch it, so RSS reflects it at once).
+    /// Reserve the whole KV cache up front; its pages become resident as the context fills.
     pub fn new(
         model: &LlmModel,
         context_length: usize,
@@ -30,7 +31,11 @@ impl LlmSession {
         let p = &model.params;
         let devices = model.block_devices();
         Ok(LlmSession {
-            cache: KvCache::new(&devices, p.n_head_kv, context_length, p.head_dim)?,
+            cache: KvCache::new(
+                &devices,
+                Heads { n_head: p.n_head, n_kv: p.n_head_kv, head_dim: p.head_dim },
+                context_length,
+            )?,
             ropes: model.rope_tables(context_length, rope_base, rope_scale)?,
             cached: Vec::new(),
             context_length,

@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::blocks::attention::{add_bias, attention_mask, Heads, Scaling, SelfAttention};
+use super::blocks::attention::{add_bias, Heads, Scaling, SelfAttention};
 use super::blocks::embeddings::TokenEmbeddings;
 use super::blocks::kv_cache::KvCache;
 use super::blocks::layer::DecoderLayer;
@@ -100,7 +100,6 @@ impl Transformer {
         let e = p.n_embd;
         let heads = Heads { n_head: p.n_head, n_kv: p.n_head_kv, head_dim: p.head_dim };
         // Ids are checked against the vocabulary before every lookup (`LlmModel::check_ids`).
-        let embd_dtype = ld.info("token_embd.weight")?.dtype;
         let table = ld.linear("token_embd.weight", &[e, p.vocab], &Device::Cpu)?;
 
         let mut layers = Vec::with_capacity(p.n_layer);
@@ -151,7 +150,7 @@ impl Transformer {
         ld.finish(architecture)?;
         Ok(Transformer {
             n_embd: e,
-            embeddings: TokenEmbeddings::new(&table, embd_dtype)?,
+            embeddings: TokenEmbeddings::new(&table)?,
             embedding_scale: spec.embedding_scale,
             layers,
             output_norm,
@@ -178,22 +177,10 @@ impl Decoder for Transformer {
         if let Some(scale) = self.embedding_scale {
             x = (x * f64::from(scale))?;
         }
-        let full_mask = attention_mask(seq, pos, None)?;
-        // Layers that slide share one window in every supported architecture; masks are made per window anyway.
-        let mut sliding_masks: Vec<(usize, Option<Tensor>)> = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             x = x.to_device(&layer.device)?;
-            let window = layer.attention.sliding_window;
-            let mask = match window {
-                None => full_mask.as_ref(),
-                Some(w) => {
-                    if !sliding_masks.iter().any(|(v, _)| *v == w) {
-                        sliding_masks.push((w, attention_mask(seq, pos, Some(w))?));
-                    }
-                    sliding_masks.iter().find(|(v, _)| *v == w).and_then(|(_, m)| m.as_ref())
-                }
-            };
-            x = layer.forward(&x, cache, i, ropes.for_layer(window.is_some()), pos, mask)?;
+            let rope = ropes.for_layer(layer.attention.sliding_window.is_some());
+            x = layer.forward(&x, cache, i, rope, pos)?;
         }
         let x = x.to_device(&self.output_device)?;
         let x = if all { x } else { x.narrow(0, seq - 1, 1)? };

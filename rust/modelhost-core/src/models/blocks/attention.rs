@@ -1,6 +1,7 @@
 //! Self-attention: the Q/K/V projection (`qkv`), optional per-head Q/K RMS norms, RoPE, causal grouped-query
 //! attention over the KV cache with an optional sliding window, and the output projection. Rounded as llama.cpp's
-//! f16 cache rounds it.
+//! f16 cache rounds it. On the CPU the attention itself is `kernels::f16_attention` over the f16 cache; the candle
+//! version here serves the GPU placement.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -10,17 +11,7 @@ use super::norm::RmsNorm;
 use super::qkv::QkvProjection;
 use super::rope::Rope;
 use crate::error::Result;
-
-/// The head layout of an attention layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Heads {
-    /// Query heads.
-    pub(crate) n_head: usize,
-    /// Key/value heads (`n_head` is a multiple).
-    pub(crate) n_kv: usize,
-    /// Values per head, for queries, keys and values alike.
-    pub(crate) head_dim: usize,
-}
+pub(crate) use crate::kernels::f16_attention::Heads;
 
 /// Where the `1/√d`-style factor of an architecture's attention is applied: llama.cpp's graphs do it either way,
 /// and with f16 rounding in between the two are not quite the same.
@@ -96,7 +87,7 @@ pub(crate) struct SelfAttention {
 
 impl SelfAttention {
     /// Attend from the normalized hidden states `h` (`(seq, n_embd)`, positions `pos..`) over layer `layer` of the
-    /// cache, which gets this chunk's keys and values. `mask` is `attention_mask` for this layer's window.
+    /// cache, which gets this chunk's keys and values.
     pub(crate) fn forward(
         &self,
         h: &Tensor,
@@ -104,7 +95,6 @@ impl SelfAttention {
         layer: usize,
         rope: &Rope,
         pos: usize,
-        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let Heads { n_head, n_kv, head_dim } = self.heads;
         let seq = h.dim(0)?;
@@ -124,11 +114,7 @@ impl SelfAttention {
             Scaling::Scores(s) => (q, s),
             Scaling::Queries(s) => ((q * f64::from(s))?, 1.0),
         };
-        // llama.cpp keeps K and V in f16 and multiplies in f16: round the same way to agree with it.
-        let (q, k, v) = (round_f16(&q)?, round_f16(&k)?, round_f16(&v)?);
-        let (k_all, v_all) = cache.append(layer, &k, &v, pos)?;
-        let attn = attention(&q, &k_all, &v_all, mask, self.heads, score_scale)?;
-        let attn = attn.transpose(0, 1)?.reshape((seq, n_head * head_dim))?;
+        let attn = cache.attend(layer, &q, &k, &v, pos, score_scale, self.sliding_window)?;
         add_bias(self.output.forward(&attn)?, self.output_bias.as_ref())
     }
 }

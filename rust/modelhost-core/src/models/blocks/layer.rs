@@ -35,10 +35,9 @@ impl DecoderLayer {
         index: usize,
         rope: &Rope,
         pos: usize,
-        mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let h = self.attn_norm.forward(x)?;
-        let mut attn = self.attention.forward(&h, cache, index, rope, pos, mask)?;
+        let mut attn = self.attention.forward(&h, cache, index, rope, pos)?;
         if let Some(norm) = &self.attn_post_norm {
             attn = norm.forward(&attn)?;
         }

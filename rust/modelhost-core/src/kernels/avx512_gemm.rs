@@ -1,0 +1,256 @@
+//! The AVX-512 VNNI inner kernels of the blocked GEMM (`panel`): unpacking a task's weight rows, and
+//! one tile of weight rows against one panel of 16 activation rows.
+
+use std::arch::x86_64::*;
+
+use super::avx2_kquant::{KQuant, Q2K, Q3K, Q45K, Q6K};
+use super::avx2_q32::{Block32, Iq4Nl, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::panel::{ActPanels, PackedRows, LANES};
+use super::types::{WeightType, QK, QK_K};
+
+/// Weight rows per tile: each activation load feeds this many `vpdpbusd` per panel.
+pub const TILE_ROWS: usize = 4;
+/// Activation panels per tile at most: each broadcast of 4 weight bytes feeds this many `vpdpbusd` (with
+/// one panel, the broadcasts alone kept the load ports busier than the multiply units).
+pub const TILE_PANELS: usize = 2;
+/// One tile's results: per weight row, the activation rows of its panels.
+pub type Tile = [[f32; TILE_PANELS * LANES]; TILE_ROWS];
+
+/// Sum of the 32 signed bytes of `v`, and of each half.
+#[inline(always)]
+unsafe fn byte_sums(v: __m256i) -> (i32, i32) {
+    // sad of the bytes biased to unsigned: four u64 lanes of 8-byte sums.
+    let s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(-128)), _mm256_setzero_si256());
+    let lo = _mm256_extract_epi64::<0>(s) + _mm256_extract_epi64::<1>(s);
+    let hi = _mm256_extract_epi64::<2>(s) + _mm256_extract_epi64::<3>(s);
+    (lo as i32 - 16 * 128, hi as i32 - 16 * 128)
+}
+
+#[inline(always)]
+unsafe fn pack_q32<B: Block32>(src: &[&[u8]], p: &mut PackedRows) {
+    let (cols, nb) = (p.cols, p.nb);
+    for (r, row) in src.iter().enumerate() {
+        for b in 0..nb {
+            let (v, d, m) = B::load(row.as_ptr().add(b * B::BYTES));
+            _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK) as *mut __m256i, v);
+            let (lo, hi) = byte_sums(v);
+            let i = r * nb + b;
+            p.d[i] = _mm256_cvtss_f32(d);
+            p.m[i] = _mm256_cvtss_f32(m);
+            p.corr[i] = -128 * (lo + hi);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn pack_kquant<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
+    let (cols, nb) = (p.cols, p.nb);
+    for (r, row) in src.iter().enumerate() {
+        for b in 0..nb {
+            let blk = row.as_ptr().add(b * K::BYTES);
+            let scales = K::scales(blk);
+            let (sc, mn) = K::int_scales(&scales);
+            let mut corr = 0i32;
+            for c in 0..QK_K / 32 {
+                let (v, _) = K::chunk(blk, &scales, c);
+                let v = _mm256_sub_epi8(v, _mm256_set1_epi8(K::OFFSET));
+                _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK_K + c * 32) as *mut __m256i, v);
+                let (lo, hi) = byte_sums(v);
+                corr += if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
+            }
+            let i = r * nb + b;
+            let (d, dmin) = K::d_dmin(blk);
+            (p.d[i], p.m[i]) = (_mm256_cvtss_f32(d), _mm256_cvtss_f32(dmin));
+            p.corr[i] = -128 * corr;
+            p.sc[i * 16..i * 16 + 16].copy_from_slice(&sc);
+            for pair in 0..QK_K / K::SUB / 2 {
+                p.mins[i * 8 + pair] = (mn[2 * pair] & 0xffff) | (mn[2 * pair + 1] << 16);
+            }
+        }
+    }
+}
+
+/// Unpack `src` (rows of `ty`, `p.cols` values each) into `p` (already sized by `reset`).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI (and AVX2, FMA, F16C); every row holds `p.cols` values of `ty`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn pack(ty: WeightType, src: &[&[u8]], p: &mut PackedRows) {
+    match ty {
+        WeightType::Q4_0 => pack_q32::<Q4_0>(src, p),
+        WeightType::Q4_1 => pack_q32::<Q4_1>(src, p),
+        WeightType::Q5_0 => pack_q32::<Q5_0>(src, p),
+        WeightType::Q5_1 => pack_q32::<Q5_1>(src, p),
+        WeightType::Q8_0 => pack_q32::<Q8_0>(src, p),
+        WeightType::IQ4_NL => pack_q32::<Iq4Nl>(src, p),
+        WeightType::Q2_K => pack_kquant::<Q2K>(src, p),
+        WeightType::Q3_K => pack_kquant::<Q3K>(src, p),
+        WeightType::Q4_K => pack_kquant::<Q45K<false>>(src, p),
+        WeightType::Q5_K => pack_kquant::<Q45K<true>>(src, p),
+        WeightType::Q6_K => pack_kquant::<Q6K>(src, p),
+        WeightType::F32 | WeightType::F16 | WeightType::BF16 => unreachable!("float types have no panel path"),
+    }
+}
+
+/// The 4 weight bytes at `p`, broadcast.
+#[inline(always)]
+unsafe fn bcast4(p: *const i8) -> __m512i {
+    _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+}
+
+/// Rows `r0..r0+TILE_ROWS` (the last `count`-th repeated) of a 32-element type against panels `g..g+P`.
+#[inline(always)]
+unsafe fn tile_q32<const MIN: bool, const P: usize>(
+    p: &PackedRows,
+    r0: usize,
+    count: usize,
+    a: &ActPanels,
+    g: usize,
+    out: &mut Tile,
+) {
+    let (cols, nb) = (p.cols, p.nb);
+    let rows: [usize; TILE_ROWS] = std::array::from_fn(|t| r0 + t.min(count - 1));
+    let aq: [*const u8; P] = std::array::from_fn(|k| a.q.as_ptr().add((g + k) * cols * LANES));
+    let ad: [*const f32; P] = std::array::from_fn(|k| a.d.as_ptr().add((g + k) * nb * LANES));
+    let mut acc = [[_mm512_setzero_ps(); P]; TILE_ROWS];
+    for b in 0..nb {
+        let mut sums: [[__m512i; P]; TILE_ROWS] =
+            std::array::from_fn(|t| [_mm512_set1_epi32(p.corr[rows[t] * nb + b]); P]);
+        for g4 in 0..QK / 4 {
+            let av: [__m512i; P] =
+                std::array::from_fn(|k| _mm512_loadu_si512(aq[k].add((b * 8 + g4) * 64) as *const __m512i));
+            for t in 0..TILE_ROWS {
+                let w = bcast4(p.q.as_ptr().add(rows[t] * cols + b * QK + g4 * 4));
+                for k in 0..P {
+                    sums[t][k] = _mm512_dpbusd_epi32(sums[t][k], av[k], w);
+                }
+            }
+        }
+        for k in 0..P {
+            let da = _mm512_loadu_ps(ad[k].add(b * LANES));
+            for t in 0..TILE_ROWS {
+                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[t] * nb + b]));
+                acc[t][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[t][k]), scale, acc[t][k]);
+            }
+            if MIN {
+                let s = _mm512_loadu_ps(a.s.as_ptr().add(((g + k) * nb + b) * LANES));
+                for t in 0..TILE_ROWS {
+                    acc[t][k] = _mm512_fmadd_ps(s, _mm512_set1_ps(p.m[rows[t] * nb + b]), acc[t][k]);
+                }
+            }
+        }
+    }
+    for t in 0..TILE_ROWS {
+        for k in 0..P {
+            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), acc[t][k]);
+        }
+    }
+}
+
+/// Rows `r0..r0+TILE_ROWS` of a K-quant against panels `g..g+P`: per super-block, each sub-block's integer
+/// sum is scaled (`vpmulld`) into one exact integer, converted once.
+#[inline(always)]
+unsafe fn tile_kquant<const SUB: usize, const MIN: bool, const P: usize>(
+    p: &PackedRows,
+    r0: usize,
+    count: usize,
+    a: &ActPanels,
+    g: usize,
+    out: &mut Tile,
+) {
+    let (cols, nb) = (p.cols, p.nb);
+    let rows: [usize; TILE_ROWS] = std::array::from_fn(|t| r0 + t.min(count - 1));
+    let aq: [*const u8; P] = std::array::from_fn(|k| a.q.as_ptr().add((g + k) * cols * LANES));
+    let ad: [*const f32; P] = std::array::from_fn(|k| a.d.as_ptr().add((g + k) * nb * LANES));
+    let mut acc = [[_mm512_setzero_ps(); P]; TILE_ROWS];
+    for b in 0..nb {
+        let mut total: [[__m512i; P]; TILE_ROWS] =
+            std::array::from_fn(|t| [_mm512_set1_epi32(p.corr[rows[t] * nb + b]); P]);
+        for j in 0..QK_K / SUB {
+            let mut sums = [[_mm512_setzero_si512(); P]; TILE_ROWS];
+            for g4 in 0..SUB / 4 {
+                let at = (b * (QK_K / 4) + j * (SUB / 4) + g4) * 64;
+                let av: [__m512i; P] = std::array::from_fn(|k| _mm512_loadu_si512(aq[k].add(at) as *const __m512i));
+                for t in 0..TILE_ROWS {
+                    let w = bcast4(p.q.as_ptr().add(rows[t] * cols + b * QK_K + j * SUB + g4 * 4));
+                    for k in 0..P {
+                        sums[t][k] = _mm512_dpbusd_epi32(sums[t][k], av[k], w);
+                    }
+                }
+            }
+            for t in 0..TILE_ROWS {
+                let scale = _mm512_set1_epi32(p.sc[(rows[t] * nb + b) * 16 + j]);
+                for k in 0..P {
+                    total[t][k] = _mm512_add_epi32(total[t][k], _mm512_mullo_epi32(sums[t][k], scale));
+                }
+            }
+        }
+        for k in 0..P {
+            let da = _mm512_loadu_ps(ad[k].add(b * LANES));
+            for t in 0..TILE_ROWS {
+                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[t] * nb + b]));
+                acc[t][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t][k]), scale, acc[t][k]);
+            }
+            if MIN {
+                // Σ min · (sum of the activations under it), a pair of sub-blocks per `vpdpwssd`.
+                let pairs = QK_K / SUB / 2;
+                let mut mins = [_mm512_setzero_si512(); TILE_ROWS];
+                let sums = if SUB == 32 { &a.bsum32 } else { &a.bsum };
+                let bsum = sums.as_ptr().add(((g + k) * nb + b) * pairs * 2 * LANES);
+                for pair in 0..pairs {
+                    let bv = _mm512_loadu_si512(bsum.add(pair * 2 * LANES) as *const __m512i);
+                    for t in 0..TILE_ROWS {
+                        let m = _mm512_set1_epi32(p.mins[(rows[t] * nb + b) * 8 + pair]);
+                        mins[t] = _mm512_dpwssd_epi32(mins[t], bv, m);
+                    }
+                }
+                for t in 0..TILE_ROWS {
+                    let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.m[rows[t] * nb + b]));
+                    acc[t][k] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), scale, acc[t][k]);
+                }
+            }
+        }
+    }
+    for t in 0..TILE_ROWS {
+        for k in 0..P {
+            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), acc[t][k]);
+        }
+    }
+}
+
+/// Packed rows `r0..r0+count` (`count <= TILE_ROWS`) against activation panels `g..g+panels` (1 or 2):
+/// `out[t][16k + l]` is row `r0+t` · activation row `16(g+k)+l`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI; `p` holds rows `r0..r0+count` of `ty`, `g + panels <= a.groups`,
+/// and `a` was built from the activation format of `ty` with `p.cols` columns.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile(
+    ty: WeightType,
+    p: &PackedRows,
+    r0: usize,
+    count: usize,
+    a: &ActPanels,
+    g: usize,
+    panels: usize,
+    out: &mut Tile,
+) {
+    macro_rules! run {
+        ($f:ident::<$($c:tt),*>) => {
+            if panels == 2 {
+                $f::<$($c,)* 2>(p, r0, count, a, g, out)
+            } else {
+                $f::<$($c,)* 1>(p, r0, count, a, g, out)
+            }
+        };
+    }
+    match ty {
+        WeightType::Q4_1 | WeightType::Q5_1 => run!(tile_q32::<true>),
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => run!(tile_q32::<false>),
+        WeightType::Q2_K => run!(tile_kquant::<16, true>),
+        WeightType::Q3_K | WeightType::Q6_K => run!(tile_kquant::<16, false>),
+        WeightType::Q4_K | WeightType::Q5_K => run!(tile_kquant::<32, true>),
+        WeightType::F32 | WeightType::F16 | WeightType::BF16 => unreachable!("float types have no panel path"),
+    }
+}

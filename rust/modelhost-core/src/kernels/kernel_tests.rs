@@ -1,0 +1,169 @@
+//! Every weight type on every instruction set this CPU has, against the portable reference (which is
+//! itself checked against a plain f32 product of the dequantized weights).
+
+use proptest::prelude::*;
+
+use super::act::LayerInput;
+use super::blocks::dequantize_row;
+use super::dispatch::Isa;
+use super::matrix::WeightMatrix;
+use super::types::WeightType;
+
+/// Deterministic pseudo-random bytes.
+pub(crate) fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+/// A row of random blocks with small, finite f16 scales where the format keeps them.
+pub(crate) fn random_row(ty: WeightType, cols: usize, seed: u64) -> Vec<u8> {
+    use half::{bf16, f16};
+    let floats: Vec<f32> = random_bytes(cols, seed).iter().map(|&b| (f32::from(b) - 128.0) / 64.0).collect();
+    match ty {
+        WeightType::F32 => return floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        WeightType::F16 => return floats.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+        WeightType::BF16 => return floats.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+        _ => {}
+    }
+    let mut row = random_bytes(ty.row_bytes(cols).unwrap(), seed ^ 0x55);
+    let scale_at: &[usize] = match ty {
+        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => &[0],
+        WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q4_K | WeightType::Q5_K => &[0, 2],
+        WeightType::Q2_K => &[80, 82],
+        WeightType::Q3_K => &[108],
+        WeightType::Q6_K => &[208],
+        _ => unreachable!(),
+    };
+    let mut k = seed;
+    for block in row.chunks_exact_mut(ty.block_bytes()) {
+        for &at in scale_at {
+            k = k.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+            let v = ((k >> 40) % 997) as f32 / 40000.0 + 1e-4;
+            let v = if (k >> 20) & 1 == 1 && at == 2 { -v } else { v };
+            block[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        }
+    }
+    row
+}
+
+/// Activations with a spread of magnitudes, signs, an all-zero block and exact ties.
+fn activations(m: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let bytes = random_bytes(m * cols, seed ^ 0xabc);
+    let mut x: Vec<f32> = bytes
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let scale = [0.01f32, 0.3, 2.0, 17.0][(i / 64) % 4];
+            (f32::from(b) - 127.5) / 127.5 * scale
+        })
+        .collect();
+    let zeros = 32.min(x.len());
+    x[..zeros].fill(0.0);
+    if x.len() > 70 {
+        x[64] = 2.0;
+        x[65] = 1.0; // 1.0 · 127/2 = 63.5: a tie
+    }
+    x
+}
+
+fn matrix(ty: WeightType, rows: usize, cols: usize, seed: u64) -> WeightMatrix {
+    let data: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, seed * 1000 + r as u64)).collect();
+    WeightMatrix::new(ty, &data, rows, cols).unwrap()
+}
+
+/// Σ |w| · |x| per output: the scale that float reassociation errors are relative to.
+fn magnitudes(w: &WeightMatrix, x: &[f32], m: usize) -> (Vec<f32>, Vec<f32>) {
+    let (n, k) = (w.rows(), w.cols());
+    let mut dense = vec![0f32; k];
+    let (mut abs, mut exact) = (vec![0f32; m * n], vec![0f32; m * n]);
+    for r in 0..n {
+        w.dequantize_row(r, &mut dense);
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            abs[i * n + r] = dense.iter().zip(xi).map(|(a, b)| (a * b).abs()).sum();
+            exact[i * n + r] = dense.iter().zip(xi).map(|(a, b)| a * b).sum();
+        }
+    }
+    (abs, exact)
+}
+
+fn check_type(ty: WeightType, rows: usize, cols: usize, ms: &[usize], seed: u64) {
+    let w = matrix(ty, rows, cols, seed);
+    for &m in ms {
+        let x = activations(m, cols, seed + m as u64);
+        let input = LayerInput::new(x.clone(), m, cols);
+        let mut reference = vec![0f32; m * rows];
+        w.matmul_with(Isa::Scalar, &input, &mut reference);
+        let (abs, exact) = magnitudes(&w, &x, m);
+        for (i, (&r, (&a, &e))) in reference.iter().zip(abs.iter().zip(&exact)).enumerate() {
+            // The reference quantizes the activations (about 1/254 of each block's largest value).
+            assert!((r - e).abs() <= 0.02 * a + 1e-6, "{ty:?} m={m} [{i}]: reference {r} vs f32 product {e} (|.| {a})");
+        }
+        for isa in Isa::available().into_iter().skip(1) {
+            let mut y = vec![f32::NAN; m * rows];
+            w.matmul_with(isa, &input, &mut y);
+            for (i, ((&v, &r), &a)) in y.iter().zip(&reference).zip(&abs).enumerate() {
+                assert!(
+                    (v - r).abs() <= 1e-5 * a + 1e-30,
+                    "{ty:?} {isa:?} m={m} [{i}]: {v} vs reference {r} (|.| {a})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_type_on_every_instruction_set_matches_the_reference() {
+    for ty in WeightType::ALL {
+        let cols = if ty.block_elems() == 256 { 512 } else { 96 };
+        check_type(ty, 37, cols, &[1, 2, 3, 4, 5, 9], 1);
+    }
+}
+
+#[test]
+fn prompt_sized_products_match_the_reference() {
+    // Enough activation rows for the blocked GEMM, and rows that do not fill its tiles.
+    for ty in WeightType::ALL {
+        let cols = if ty.block_elems() == 256 { 768 } else { 160 };
+        check_type(ty, 45, cols, &[16, 33], 2);
+    }
+}
+
+#[test]
+fn dequantized_rows_follow_the_block_layout() {
+    // Q4_0 block: scale 0.5, nibbles 0x21 → element 0 = (1 − 8)·0.5, element 16 = (2 − 8)·0.5.
+    let mut block = vec![0u8; 18];
+    block[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+    block[2] = 0x21;
+    let mut out = vec![0f32; 32];
+    dequantize_row(WeightType::Q4_0, &block, &mut out);
+    assert_eq!((out[0], out[16], out[1]), (-3.5, -3.0, -4.0));
+}
+
+#[test]
+fn refuses_wrong_sizes() {
+    assert!(WeightMatrix::new(WeightType::Q4_1, &[0; 20], 1, 33).is_none());
+    assert!(WeightMatrix::new(WeightType::Q4_1, &[0; 21], 1, 32).is_none());
+    assert!(WeightMatrix::new(WeightType::Q8_0, &[0; 34], 1, 32).is_some());
+    assert!(WeightMatrix::new(WeightType::Q4_K, &[0; 144], 1, 128).is_none());
+    assert!(WeightMatrix::new(WeightType::F16, &[0; 6], 1, 3).is_some());
+    assert!(WeightMatrix::new(WeightType::F16, &[], 0, 3).is_none());
+}
+
+fn any_type() -> impl Strategy<Value = WeightType> {
+    prop::sample::select(WeightType::ALL.to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn random_blocks_agree_across_instruction_sets(ty in any_type(), seed in any::<u64>(), m in prop::sample::select(vec![1usize, 2, 3, 5, 8, 17, 40]), rows in 1usize..20) {
+        let cols = ty.block_elems().max(32) * 2;
+        check_type(ty, rows, cols, &[m], seed);
+    }
+}

@@ -1,0 +1,186 @@
+//! Prompt processing as a blocked GEMM (AVX-512 VNNI): several tokens per weight load, as llama.cpp's
+//! repacked `Q4_0x8` / `Q4_Kx8` paths do, but without a repacked copy of the weights.
+//!
+//! The activations of a layer input are laid out once per Q8 format in panels of 16 rows: for every 4
+//! columns, the 16 rows' 4 bytes side by side (64 bytes, one zmm register), biased to unsigned (`a + 128`).
+//! One `vpdpbusd` with 4 weight bytes broadcast then gives one weight row's partial dot products with 16
+//! tokens, with no horizontal sums. The weights are the signed operand; the bias adds `128 · Σw` per
+//! block, which is subtracted exactly (in the integer) using each block's weight sum.
+//!
+//! Each task unpacks a slice of weight rows once (`PackedRows`: signed bytes, scales, sums) and runs
+//! every activation panel against it, so the unpacking is paid once per `16 × panels` dot products.
+//! Every integer is the one llama.cpp's dot products compute; the floats are combined per block (32) or
+//! super-block (256) as its kernels do.
+
+use rayon::prelude::*;
+
+use super::act::{LayerInput, QuantizedActs};
+use super::avx512_gemm as k;
+use super::dispatch::Isa;
+use super::matrix::{SharedOut, WeightMatrix};
+use super::types::{ActFormat, WeightType, QK, QK_K};
+
+/// Activation rows per panel (zmm lanes).
+pub const LANES: usize = 16;
+/// Weight rows each task unpacks and runs against every panel.
+const TASK_ROWS: usize = 32;
+/// Fewer activation rows than this go through the row kernels (the GEMM's lanes would mostly idle).
+const MIN_ROWS: usize = 8;
+
+/// Whether a `ty` matrix times `m` activation rows should use the blocked GEMM on `isa`.
+pub fn worth_it(isa: Isa, ty: WeightType, m: usize) -> bool {
+    isa == Isa::Avx512 && m >= MIN_ROWS && !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16)
+}
+
+/// A layer input in panels of 16 rows (rows past the end are zeros).
+#[derive(Debug)]
+pub struct ActPanels {
+    /// Panels.
+    pub groups: usize,
+    /// Real activation rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Per panel: `cols / 4` runs of 16 rows × 4 biased bytes.
+    pub q: Vec<u8>,
+    /// Per panel and block: 16 rows' scales.
+    pub d: Vec<f32>,
+    /// Q8_1: per panel and block, 16 rows' `d·Σq`.
+    pub s: Vec<f32>,
+    /// Q8_K: per panel, super-block and pair of 16-sums: 16 rows × 2 sums (i16), for the minimums per 16.
+    pub bsum: Vec<i16>,
+    /// Q8_K: the same for pairs of 32-sums (the minimums per 32 of Q4_K and Q5_K).
+    pub bsum32: Vec<i16>,
+}
+
+impl ActPanels {
+    /// Lay out `q` in panels.
+    pub fn build(q: &QuantizedActs) -> Self {
+        let (m, k) = (q.rows, q.cols);
+        let groups = m.div_ceil(LANES);
+        let nb = k / q.block();
+        let mut p = ActPanels {
+            groups,
+            rows: m,
+            cols: k,
+            q: vec![0x80; groups * k * LANES],
+            d: vec![0.0; groups * nb * LANES],
+            s: if q.s.is_empty() { Vec::new() } else { vec![0.0; groups * nb * LANES] },
+            bsum: if q.format == ActFormat::Q8_K { vec![0; groups * nb * 8 * 2 * LANES] } else { Vec::new() },
+            bsum32: if q.format == ActFormat::Q8_K { vec![0; groups * nb * 4 * 2 * LANES] } else { Vec::new() },
+        };
+        for row in 0..m {
+            let (g, l) = (row / LANES, row % LANES);
+            let a = q.row(row);
+            let panel = &mut p.q[g * k * LANES..(g + 1) * k * LANES];
+            for (k4, bytes) in a.qs.chunks_exact(4).enumerate() {
+                for (j, &v) in bytes.iter().enumerate() {
+                    panel[k4 * 4 * LANES + l * 4 + j] = (v as u8) ^ 0x80;
+                }
+            }
+            for b in 0..nb {
+                p.d[(g * nb + b) * LANES + l] = a.d[b];
+                if !p.s.is_empty() {
+                    p.s[(g * nb + b) * LANES + l] = a.s[b];
+                }
+                if !p.bsum.is_empty() {
+                    // Sums of 16 or 32 bytes of ±127 fit an i16.
+                    let sums = &a.sums[b * 16..(b + 1) * 16];
+                    for pair in 0..8 {
+                        let at = ((g * nb + b) * 8 + pair) * 2 * LANES + l * 2;
+                        p.bsum[at] = sums[2 * pair] as i16;
+                        p.bsum[at + 1] = sums[2 * pair + 1] as i16;
+                    }
+                    for pair in 0..4 {
+                        let at = ((g * nb + b) * 4 + pair) * 2 * LANES + l * 2;
+                        p.bsum32[at] = (sums[4 * pair] + sums[4 * pair + 1]) as i16;
+                        p.bsum32[at + 1] = (sums[4 * pair + 2] + sums[4 * pair + 3]) as i16;
+                    }
+                }
+            }
+        }
+        p
+    }
+}
+
+/// A task's weight rows, unpacked: signed bytes in element order plus per-block numbers.
+#[derive(Default)]
+pub struct PackedRows {
+    /// Rows held.
+    pub rows: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// Blocks (32) or super-blocks (256) per row.
+    pub nb: usize,
+    /// `rows × cols` signed values.
+    pub q: Vec<i8>,
+    /// Per row and block: the scale (`d`).
+    pub d: Vec<f32>,
+    /// Per row and block: Q4_1/Q5_1's minimum, the K-quants' `dmin`.
+    pub m: Vec<f32>,
+    /// Per row and block: `−128 · Σ scale · Σw`, which cancels the activations' bias.
+    pub corr: Vec<i32>,
+    /// K-quants, per row and super-block: the 16 sub-block scales.
+    pub sc: Vec<i32>,
+    /// K-quants with minimums, per row and super-block: pairs of i16 minimums (for `vpdpwssd` with the pairs of
+    /// activation sums): 8 pairs of the minimums per 16, or 4 of those per 32.
+    pub mins: Vec<i32>,
+}
+
+impl PackedRows {
+    fn reset(&mut self, rows: usize, cols: usize, block: usize) {
+        self.rows = rows;
+        self.cols = cols;
+        self.nb = cols / block;
+        let blocks = rows * self.nb;
+        self.q.resize(rows * cols, 0);
+        self.d.resize(blocks, 0.0);
+        self.m.resize(blocks, 0.0);
+        self.corr.resize(blocks, 0);
+        if block == QK_K {
+            self.sc.resize(blocks * 16, 0);
+            self.mins.resize(blocks * 8, 0);
+        }
+    }
+}
+
+/// `y = x · Wᵀ` with the blocked GEMM. The caller checked `worth_it` with an `isa` the CPU has.
+pub fn gemm(w: &WeightMatrix, x: &LayerInput, y: &mut [f32]) {
+    let ty = w.weight_type();
+    let format = ty.act_format();
+    let panels = x.panels[LayerInput::slot(format)].get_or_init(|| ActPanels::build(x.quantized(format)));
+    let (n, cols) = (w.rows(), w.cols());
+    assert_eq!(panels.cols, cols, "activation width");
+    let out = SharedOut(y.as_mut_ptr());
+    let block = if format == ActFormat::Q8_K { QK_K } else { QK };
+    (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each_init(PackedRows::default, |packed, task| {
+        let rows = task * TASK_ROWS..n.min((task + 1) * TASK_ROWS);
+        packed.reset(rows.len(), cols, block);
+        let src: Vec<&[u8]> = rows.clone().map(|r| w.row_bytes(r)).collect();
+        // SAFETY: `worth_it` checked the CPU's AVX-512 VNNI; the rows hold `cols` values of `ty`.
+        unsafe { k::pack(ty, &src, packed) };
+        let mut tile: k::Tile = [[0f32; k::TILE_PANELS * LANES]; k::TILE_ROWS];
+        // The results of a tile's panels, by activation row: written out as runs of this task's rows, not element
+        // by element down the columns of `y`.
+        let mut block = [[0f32; TASK_ROWS]; k::TILE_PANELS * LANES];
+        for g in (0..panels.groups).step_by(k::TILE_PANELS) {
+            let count_panels = (panels.groups - g).min(k::TILE_PANELS);
+            let valid = (panels.rows - g * LANES).min(count_panels * LANES);
+            for r0 in (0..rows.len()).step_by(k::TILE_ROWS) {
+                let count = (rows.len() - r0).min(k::TILE_ROWS);
+                // SAFETY: as above; `r0 + count` rows are packed and panels `g..g + count_panels` exist.
+                unsafe { k::tile(ty, packed, r0, count, panels, g, count_panels, &mut tile) };
+                for (t, lanes) in tile[..count].iter().enumerate() {
+                    for (l, &v) in lanes[..count_panels * LANES].iter().enumerate() {
+                        block[l][r0 + t] = v;
+                    }
+                }
+            }
+            for (l, results) in block[..valid].iter().enumerate() {
+                let at = (g * LANES + l) * n + rows.start;
+                // SAFETY: weight rows are partitioned between tasks; the run is inside `y`.
+                unsafe { out.write_run(at, &results[..rows.len()]) };
+            }
+        }
+    });
+}
