@@ -10,9 +10,9 @@ modelhost through its public API on each file:
   always one chosen id);
 - per weight type: the top-5 logits at each prompt's end within 0.5 of llama.cpp's, and the teacher-forced argmax over
   prompt + llama.cpp's greedy continuation equal wherever llama.cpp's top-1 leads its top-2 by at least 1.0. Where
-  llama.cpp disagrees with itself by more than that (its own prompt evaluated token by token instead of in one batch:
-  0.57-0.66 on some of SmolLM2's and Gemma 3's quantized files), the bound is 1.5 times its own disagreement, which
-  is measured then (tests/llamacpp_sequential.py, cached beside the family's files) and reported.
+  a file misses 0.5, llama.cpp's own disagreement on it is measured (its prompt evaluated token by token instead of in
+  one batch: up to 0.66 on SmolLM2's and Gemma 3's quantized files; tests/llamacpp_sequential.py, cached beside the
+  family's files) and the bound is 0.5 plus that; the report shows both numbers.
 
 The worst top-5 difference per file, with each file's tensor types, is written to .pytest_cache/modelhost/families.md
 (and .json) and printed at the end of the run.
@@ -38,8 +38,6 @@ import pytest
 from helpers import FAMILY_REPORT
 
 LOGIT_TOLERANCE = 0.5
-# How far past llama.cpp's own batched-vs-sequential disagreement a file may be, where that exceeds LOGIT_TOLERANCE.
-SELF_DISAGREEMENT_FACTOR = 1.5
 CLEAR_LEAD = 1.0
 CONTEXT = {"contextLength": 512}
 
@@ -178,8 +176,10 @@ def test_top5_logits_at_prompt_end(subject: tuple[dict[str, Any], Loaded, dict[s
     bound = LOGIT_TOLERANCE
     if worst > LOGIT_TOLERANCE:
         row["llama_cpp_self_diff"] = itself = llama_cpp_self_difference(entry, row)
-        bound = max(LOGIT_TOLERANCE, SELF_DISAGREEMENT_FACTOR * itself)
-    row["status"] = "ok" if worst <= bound else "top-5 off"
+        bound = LOGIT_TOLERANCE + itself
+    row["status"] = (
+        ("ok" if worst <= LOGIT_TOLERANCE else "ok within llama.cpp's own spread") if worst <= bound else "top-5 off"
+    )
     assert worst <= bound, (
         f"worst top-5 difference {worst:.3f} ({where}), bound {bound:.3f} (llama.cpp vs itself: "
         f"{row.get('llama_cpp_self_diff', 0.0):.3f}); tensor types: {row['types']}"
