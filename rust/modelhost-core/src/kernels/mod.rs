@@ -6,12 +6,15 @@
 //!   integer dot products (`scalar`, `avx2`, and `vnni` where the CPU has it), f32 accumulation, rows split
 //!   over rayon's workers.
 //! - Dense f32 kernels for the embedding encoder: `f32_matmul` (gemm and a short-batch kernel),
-//!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`.
+//!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`; `f32_avx512`
+//!   (projections and short-sequence attention) where the CPU has AVX-512F, detected at run time.
 //! - `on_pool` (`pool`): a whole forward pass on rayon's workers, kept awake between its loops.
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod avx2;
 pub(crate) mod f32_attention;
+#[cfg(target_arch = "x86_64")]
+mod f32_avx512;
 pub(crate) mod f32_matmul;
 pub(crate) mod f32_ops;
 mod f32_simd;
