@@ -25,10 +25,17 @@ pub(crate) fn attention(
     let t = ctx.len() / h;
     assert!(qkv.len() >= t * 3 * h && heads.len() >= t * h && spans.iter().all(|&(s, l)| s + l <= t));
     let scale = 1.0 / (d as f32).sqrt();
+    #[cfg(target_arch = "x86_64")]
+    let short_avx512 = super::f32_avx512::available() && d.is_multiple_of(super::f32_avx512::LANES);
     heads.par_chunks_mut(t * d).enumerate().for_each(|(head, out)| {
         let mut scores = Vec::new();
         for &(start, len) in spans {
             let out = &mut out[start * d..(start + len) * d];
+            #[cfg(target_arch = "x86_64")]
+            if short_avx512 && len < ATTENTION_GEMM_LEN {
+                super::f32_avx512::attend_short(qkv, 3 * h, h, d, head * d, start, len, scale, &mut scores, out);
+                continue;
+            }
             scores.clear();
             scores.resize(len * len, 0.0);
             attend(qkv, h, d, head * d, start, len, scale, &mut scores, out);

@@ -10,7 +10,8 @@
 //!   flavours), and for prompts the AVX-512 VNNI blocked GEMM (`panel`, `avx512_gemm`).
 //! - `f16_attention`: causal attention over the f16 KV cache, at llama.cpp's precision.
 //! - Dense f32 kernels for the embedding encoder: `f32_matmul` (gemm and a short-batch kernel),
-//!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`.
+//!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`; `f32_avx512`
+//!   (projections and short-sequence attention) where the CPU has AVX-512F, detected at run time.
 //! - `on_pool` (`pool`): a whole forward pass on rayon's workers, kept awake between its loops.
 
 pub mod act;
@@ -28,6 +29,8 @@ pub mod blocks;
 pub mod dispatch;
 pub mod f16_attention;
 pub(crate) mod f32_attention;
+#[cfg(target_arch = "x86_64")]
+mod f32_avx512;
 pub(crate) mod f32_matmul;
 pub(crate) mod f32_ops;
 mod f32_simd;

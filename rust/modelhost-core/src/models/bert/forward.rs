@@ -5,8 +5,9 @@ use rayon::prelude::*;
 
 use super::folder::BertConfig;
 use super::weights::BertView;
+use crate::kernels::f32_attention;
+use crate::kernels::f32_matmul::{project, Projection};
 use crate::kernels::f32_ops::{self, layer_norm_row, MIN_ROWS};
-use crate::kernels::{f32_attention, f32_matmul};
 
 /// Activations for one batch, sized for the longest batch of the request and reused.
 pub(super) struct Scratch {
@@ -16,6 +17,8 @@ pub(super) struct Scratch {
     ctx: Vec<f32>,
     tmp: Vec<f32>,
     inter: Vec<f32>,
+    /// The current matrix input rearranged for the AVX-512 kernels.
+    packed: Vec<f32>,
 }
 
 impl Scratch {
@@ -28,6 +31,7 @@ impl Scratch {
             ctx: vec![0.0; tokens * h],
             tmp: vec![0.0; tokens * h],
             inter: vec![0.0; tokens * c.intermediate_size],
+            packed: Vec::new(),
         }
     }
 }
@@ -74,16 +78,21 @@ pub(super) fn forward<'s>(
     let ctx = &mut s.ctx[..t * h];
     let tmp = &mut s.tmp[..t * h];
     let inter = &mut s.inter[..t * c.intermediate_size];
+    let packed = &mut s.packed;
+    let ffn = c.intermediate_size;
+    let one = |w, b| [Projection { w, b, col0: 0 }];
     for l in &w.layers {
-        f32_matmul::linear(x, t, h, l.q_w, l.q_b, h, qkv, 3 * h, 0);
-        f32_matmul::linear(x, t, h, l.k_w, l.k_b, h, qkv, 3 * h, h);
-        f32_matmul::linear(x, t, h, l.v_w, l.v_b, h, qkv, 3 * h, 2 * h);
+        let qkv_proj = [
+            Projection { w: l.q_w, b: l.q_b, col0: 0 },
+            Projection { w: l.k_w, b: l.k_b, col0: h },
+            Projection { w: l.v_w, b: l.v_b, col0: 2 * h },
+        ];
+        project(x, t, h, &qkv_proj, qkv, 3 * h, None, packed);
         f32_attention::attention(qkv, &spans, c.num_attention_heads, h, heads, ctx);
-        f32_matmul::linear(ctx, t, h, l.o_w, l.o_b, h, tmp, h, 0);
+        project(ctx, t, h, &one(l.o_w, l.o_b), tmp, h, None, packed);
         f32_ops::add_layer_norm(x, tmp, l.ln1_g, l.ln1_b, eps);
-        f32_matmul::linear(x, t, h, l.i_w, l.i_b, c.intermediate_size, inter, c.intermediate_size, 0);
-        f32_ops::activate(inter, c.activation);
-        f32_matmul::linear(inter, t, c.intermediate_size, l.out_w, l.out_b, h, tmp, h, 0);
+        project(x, t, h, &one(l.i_w, l.i_b), inter, ffn, Some(c.activation), packed);
+        project(inter, t, ffn, &one(l.out_w, l.out_b), tmp, h, None, packed);
         f32_ops::add_layer_norm(x, tmp, l.ln2_g, l.ln2_b, eps);
     }
     &s.x[..t * h]

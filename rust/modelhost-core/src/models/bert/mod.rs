@@ -18,7 +18,9 @@
 //! The forward pass is our own, on `gemm` (the matmul kernel candle uses on the CPU) plus small fused
 //! kernels for layer norm, GELU, softmax and attention, because candle-transformers' `BertModel` pads
 //! every batch, allocates a tensor per op and packs the weights for every matmul, even for one short
-//! sentence, where streaming each weight row once (`kernels::f32_matmul`) does far less work.
+//! sentence, where streaming each weight row once (`kernels::f32_matmul`) does far less work. On CPUs with
+//! AVX-512 the short inputs (a single sentence, a few) and the attention of short sequences run on
+//! `kernels::f32_avx512`, chosen at run time as torch's oneDNN chooses its kernels.
 //! `tests/minilm_embedding.rs` checks it against sentence-transformers and has the timing report.
 
 mod folder;
