@@ -66,7 +66,7 @@ PROMPTS = [
 ]
 COMPLETIONS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "The three primary colors are"]
 SENTENCES = ["a sentence", "another, longer sentence", "the cat sat on the mat", "Ray Serve routes requests"]
-LONG_PROMPT = "Count from one to one thousand, writing every number in words, one per line: one, two, three,"
+LONG_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # SmolLM2 Q4_1 counts on past 400 tokens
 
 
 def _ray_processes(temp_dir: str) -> list[int]:

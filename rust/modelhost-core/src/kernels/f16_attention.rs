@@ -7,14 +7,11 @@
 //! The cache of one layer is `(n_kv, ctx, hd)` per K and V, head-major: writing a position touches one
 //! run of `hd` values per head, so its pages are faulted in as the context fills, not up front.
 
-use gemm::{gemm, Parallelism};
 use half::f16;
 use rayon::prelude::*;
 
 use super::matrix::SharedOut;
 
-/// Query rows (queries of one KV head's group) from which the products go through `gemm`.
-const GEMM_ROWS: usize = 4;
 /// Query rows whose scores are held at a time.
 const ROW_TILE: usize = 64;
 
@@ -62,63 +59,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
-}
-
-/// `c (m × n) = a (m × k) · bᵀ` where `b` is `(n × k)`, all row-major.
-fn matmul_t(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
-    // SAFETY: a is m×k with row stride k, b is n×k read as its transpose (element (i, j) at j·k + i),
-    // c is m×n with row stride n; the callers size the slices exactly so.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
-/// `c (m × n) = a (m × k) · b (k × n)`, all row-major.
-fn matmul(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
-    // SAFETY: as in `matmul_t`, with b read row-major (element (i, j) at i·n + j).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
 }
 
 /// Attention of `seq` queries at positions `pos..pos + seq` over keys and values `0..pos + seq` of one
@@ -169,14 +109,13 @@ pub fn attend(
                     *d = f16::from_f32(*s).to_f32();
                 }
             }
-            if n >= GEMM_ROWS {
-                matmul_t(qs, &keys, scores, n, total, hd);
-            } else {
-                for (t, s) in scores.chunks_exact_mut(total).enumerate() {
-                    let qr = &qs[t * hd..(t + 1) * hd];
-                    for (j, s) in s.iter_mut().enumerate().take(pos + (r0 + t) % seq + 1) {
-                        *s = dot(qr, &keys[j * hd..(j + 1) * hd]);
-                    }
+            // One path for every query row, however many the pass holds: a token's scores must not depend on
+            // how the prompt was split into passes or on the model's group size (a tiled GEMM sums in another
+            // order, and this model family amplifies such roundings into different greedy tokens).
+            for (t, s) in scores.chunks_exact_mut(total).enumerate() {
+                let qr = &qs[t * hd..(t + 1) * hd];
+                for (j, s) in s.iter_mut().enumerate().take(pos + (r0 + t) % seq + 1) {
+                    *s = dot(qr, &keys[j * hd..(j + 1) * hd]);
                 }
             }
             // Softmax over the visible keys; the probabilities rounded to f16 (the V matmul's activation type).
@@ -199,16 +138,12 @@ pub fn attend(
                     *x = if visible.contains(&j) { f16::from_f32(*x * inv).to_f32() } else { 0.0 };
                 }
             }
-            if n >= GEMM_ROWS {
-                matmul(scores, &values, o, n, hd, total);
-            } else {
-                o.fill(0.0);
-                for (t, orow) in o.chunks_exact_mut(hd).enumerate() {
-                    for (j, &p) in scores[t * total..(t + 1) * total].iter().enumerate() {
-                        if p != 0.0 {
-                            for (d, v) in orow.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                                *d += p * v;
-                            }
+            o.fill(0.0);
+            for (t, orow) in o.chunks_exact_mut(hd).enumerate() {
+                for (j, &p) in scores[t * total..(t + 1) * total].iter().enumerate() {
+                    if p != 0.0 {
+                        for (d, v) in orow.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                            *d += p * v;
                         }
                     }
                 }

@@ -46,3 +46,15 @@ pub mod types;
 mod vector_tests;
 
 pub use pool::on_pool;
+
+/// Run `f`, a forward pass over prompt tokens (`prompt`) or one generated token: see `panel::forward_pass`
+/// (without the GEMM there is one path).
+pub fn forward_pass<R>(prompt: bool, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    return panel::forward_pass(prompt, f);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = prompt;
+        f()
+    }
+}

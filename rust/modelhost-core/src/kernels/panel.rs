@@ -24,12 +24,39 @@ use super::types::{ActFormat, WeightType, QK, QK_K};
 pub const LANES: usize = 16;
 /// Weight rows each task unpacks and runs against every panel.
 const TASK_ROWS: usize = 32;
-/// Fewer activation rows than this go through the row kernels (the GEMM's lanes would mostly idle).
+/// Fewer activation rows than this go through the row kernels outside a prompt pass (the GEMM's lanes would
+/// mostly idle).
 const MIN_ROWS: usize = 8;
+
+thread_local! {
+    /// Set while this thread runs a prompt's forward pass (`prompt_pass`).
+    static IN_PROMPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, a forward pass over prompt tokens (`prompt`) or one generated token: in a prompt pass every quantized
+/// product takes the GEMM, however few its rows; in a decoding pass, the row kernels.
+///
+/// The GEMM and the row kernels round differently (one float per block vs llama.cpp's per-lane sums), so if the
+/// choice followed the row count, a prompt token's logits would depend on how much of the prompt was already
+/// cached. With the choice made per pass, a prompt gives the same logits whether evaluated whole, in chunks or
+/// after a cached prefix. Every pass sets the flag (and restores it), since a worker waiting inside one pass may
+/// run another instance's whole pass.
+pub fn forward_pass<R>(prompt: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_PROMPT.set(self.0);
+        }
+    }
+    let _restore = Restore(IN_PROMPT.replace(prompt));
+    f()
+}
 
 /// Whether a `ty` matrix times `m` activation rows should use the blocked GEMM on `isa`.
 pub fn worth_it(isa: Isa, ty: WeightType, m: usize) -> bool {
-    isa == Isa::Avx512 && m >= MIN_ROWS && !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16)
+    isa == Isa::Avx512
+        && (m >= MIN_ROWS || IN_PROMPT.get())
+        && !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16)
 }
 
 /// A layer input in panels of 16 rows (rows past the end are zeros).

@@ -56,6 +56,14 @@ impl std::fmt::Debug for LlmModel {
     }
 }
 
+/// What a forward pass runs: prompt tokens (their logits must not depend on how the prompt was split into
+/// passes, see `kernels::prompt_pass`) or one generated token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Prompt,
+    Decode,
+}
+
 impl LlmModel {
     /// Load a GGUF file: the header is validated first, then tensors are materialised one by one,
     /// reporting progress over `[base, 1)` of the bar. Matrices on the CPU are used in place from the
@@ -193,13 +201,16 @@ impl LlmModel {
         tokens: &[u32],
         pos: usize,
         all: bool,
+        pass: Pass,
     ) -> Result<Tensor> {
         // On the pool: called from outside it, this thread would compete with both workers for two cores
         // (see `kernels::on_pool`).
         // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
         // chunk's matmuls are long enough that keeping the workers awake only burns a core.
-        let keep_awake = tokens.len() == 1;
-        let logits = crate::kernels::on_pool(keep_awake, || self.decoder.forward(cache, ropes, tokens, pos, all))?;
+        let prompt = pass == Pass::Prompt;
+        let logits = crate::kernels::on_pool(!prompt, || {
+            crate::kernels::forward_pass(prompt, || self.decoder.forward(cache, ropes, tokens, pos, all))
+        })?;
         // Weights read in place from a truncated file read as zeros: fail rather than return garbage.
         self.mapping.as_ref().map_or(Ok(()), |m| m.check_intact())?;
         Ok(logits)
@@ -212,7 +223,14 @@ impl LlmModel {
         session.cached.clear();
         let mut out = Vec::with_capacity(tokens.len() * self.params.vocab);
         for (c, chunk) in tokens.chunks(session.eval_batch_size).enumerate() {
-            let logits = self.forward(&mut session.cache, &session.ropes, chunk, c * session.eval_batch_size, true)?;
+            let logits = self.forward(
+                &mut session.cache,
+                &session.ropes,
+                chunk,
+                c * session.eval_batch_size,
+                true,
+                Pass::Prompt,
+            )?;
             out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
             session.cached.extend_from_slice(chunk);
         }
@@ -252,7 +270,7 @@ impl LlmModel {
         let mut logits = None;
         for chunk in todo.chunks(session.eval_batch_size) {
             let pos = session.cached.len();
-            logits = Some(self.forward(&mut session.cache, &session.ropes, chunk, pos, false)?);
+            logits = Some(self.forward(&mut session.cache, &session.ropes, chunk, pos, false, Pass::Prompt)?);
             session.cached.extend_from_slice(chunk);
             report((session.cached.len() - common) as f32 / todo.len() as f32)?;
         }
@@ -262,7 +280,7 @@ impl LlmModel {
 
     fn decode_one(&self, session: &mut LlmSession, token: u32) -> Result<Vec<f32>> {
         let pos = session.cached.len();
-        let logits = self.forward(&mut session.cache, &session.ropes, &[token], pos, false)?;
+        let logits = self.forward(&mut session.cache, &session.ropes, &[token], pos, false, Pass::Decode)?;
         session.cached.push(token);
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
