@@ -185,10 +185,11 @@ impl LlmParams {
 
     /// Bytes a forward pass of `batch` tokens holds at its peak besides weights and KV cache, with a context of
     /// `ctx`, a feed-forward width of `n_ff` and `threads` workers: the hidden states and their converted copies
-    /// (about eight of the width, six of the feed-forward width per token), each worker's attention tile, and a
+    /// (about six of the width per token: residual, normed input and its converted copies, attention output; and
+    /// four of the feed-forward width: gate, up, their product and its converted copy), each worker's attention tile, and a
     /// row of logits.
     pub fn working_bytes(&self, batch: usize, ctx: usize, n_ff: usize, threads: usize) -> u64 {
-        let activations = batch as u64 * (8 * self.n_embd as u64 + 6 * n_ff as u64) * 4;
+        let activations = batch as u64 * (6 * self.n_embd as u64 + 4 * n_ff as u64) * 4;
         let attention =
             threads.max(1) as u64 * crate::kernels::f16_attention::working_bytes_per_thread(ctx, self.head_dim);
         activations + attention + 2 * self.vocab as u64 * 4
