@@ -3,7 +3,7 @@
 //! cached prefix reused, and the token loop of a prediction (sampling, end of generation, stop strings).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use candle_core::quantized::QMatMul;
@@ -41,7 +41,13 @@ pub struct LlmModel {
     /// Keeps the file's shared mapping alive for as long as the model (SPEC §4); quantized matrices
     /// used in place read from it, and every pass checks it is still intact.
     mapping: Option<Arc<MappedFile>>,
+    /// RoPE tables by (context, base, scale), shared by the instances that use them: building them costs
+    /// a sine and a cosine per position and frequency, which is most of a second instance's load otherwise.
+    ropes: Mutex<Vec<(RopeKey, Weak<RopeTables>)>>,
 }
+
+/// Context length and the bits of the RoPE base and scale.
+type RopeKey = (usize, u64, u64);
 
 fn keep_in_memory_error(err: std::io::Error) -> Error {
     Error::InvalidConfig(format!(
@@ -111,6 +117,7 @@ impl LlmModel {
             path: path.to_path_buf(),
             mapping,
             locked: None,
+            ropes: Mutex::new(Vec::new()),
         };
         let in_place = model.reads_in_place();
         if let (Some(m), false) = (&model.mapping, in_place) {
@@ -162,9 +169,18 @@ impl LlmModel {
         self.decoder.block_devices()
     }
 
-    /// RoPE tables for an instance of `ctx` positions with base `base` and scale `scale`.
-    pub(super) fn rope_tables(&self, ctx: usize, base: f64, scale: f64) -> Result<RopeTables> {
-        self.decoder.rope_tables(ctx, base, scale)
+    /// RoPE tables for an instance of `ctx` positions with base `base` and scale `scale`: those of another
+    /// instance with the same three where one is alive, else new ones.
+    pub(super) fn rope_tables(&self, ctx: usize, base: f64, scale: f64) -> Result<Arc<RopeTables>> {
+        let key = (ctx, base.to_bits(), scale.to_bits());
+        let mut cache = self.ropes.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|(_, tables)| tables.strong_count() > 0);
+        if let Some(tables) = cache.iter().find(|(k, _)| *k == key).and_then(|(_, t)| t.upgrade()) {
+            return Ok(tables);
+        }
+        let tables = Arc::new(self.decoder.rope_tables(ctx, base, scale)?);
+        cache.push((key, Arc::downgrade(&tables)));
+        Ok(tables)
     }
 
     /// Render a chat with the model's own template.

@@ -1,5 +1,8 @@
-//! Per-instance inference state: the KV cache, the RoPE tables (built for the instance's context, base and scale) and which tokens the cache holds. Instances of
+//! Per-instance inference state: the KV cache, the RoPE tables (for the instance's context, base and scale;
+//! shared with the file's other instances that use the same) and which tokens the cache holds. Instances of
 //! one file share the `LlmModel`; each has its own session.
+
+use std::sync::Arc;
 
 use super::blocks::kv_cache::KvCache;
 use super::blocks::rope::RopeTables;
@@ -10,7 +13,7 @@ use crate::kernels::f16_attention::Heads;
 /// Per-instance inference state: the KV cache and which tokens it holds.
 pub struct LlmSession {
     pub(super) cache: KvCache,
-    pub(super) ropes: RopeTables,
+    pub(super) ropes: Arc<RopeTables>,
     /// The tokens whose keys and values the cache holds, in order.
     pub(super) cached: Vec<u32>,
     /// Tokens of context.

@@ -5,6 +5,7 @@
 //! on real tokenizers and every weight type by the Python family tests.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::blocks::rope::{RopeConfig, RopeStyle};
 use super::transformer::RopeSetup;
@@ -205,6 +206,26 @@ fn every_architecture_loads_and_prefills_in_chunks_as_in_one_go() {
             assert!(diff < 2e-3 * scale, "{} batch {batch}: {diff} of {scale}", tiny.arch);
         }
     }
+}
+
+#[test]
+fn instances_with_the_same_rope_share_its_tables() {
+    let model = Tiny::new("gemma3", 32).set("ARCH.attention.sliding_window", Value::U32(4)).load().unwrap();
+    let p = &model.params;
+    let session = |ctx: usize, base: f64| LlmSession::new(&model, ctx, 8, base, p.rope_freq_scale).unwrap();
+    let (a, b) = (session(CONTEXT, p.rope_freq_base), session(CONTEXT, p.rope_freq_base));
+    assert!(Arc::ptr_eq(&a.ropes, &b.ropes));
+    assert!(!Arc::ptr_eq(&a.ropes, &session(CONTEXT / 2, p.rope_freq_base).ropes));
+    let other_base = session(CONTEXT, p.rope_freq_base * 2.0);
+    assert!(!Arc::ptr_eq(&a.ropes, &other_base.ropes));
+    // Shared tables compute what an instance's own would: the same logits from either session.
+    let mut b = b;
+    let mut fresh = session(CONTEXT / 2, p.rope_freq_base);
+    assert_eq!(model.evaluate(&mut b, &TOKENS).unwrap(), model.evaluate(&mut fresh, &TOKENS).unwrap());
+    // Tables no instance holds any more are dropped, not kept for the model's lifetime.
+    let weak = Arc::downgrade(&a.ropes);
+    drop((a, b));
+    assert!(weak.upgrade().is_none());
 }
 
 #[test]
