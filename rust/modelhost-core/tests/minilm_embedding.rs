@@ -400,7 +400,15 @@ fn fma_peak_gflops(threads: usize) -> f64 {
         std::thread::scope(|s| {
             for _ in 0..threads {
                 // SAFETY: each function runs only where its instruction set was detected.
-                s.spawn(move || std::hint::black_box(unsafe { if wide { avx512() } else { avx2() } }));
+                s.spawn(move || {
+                    std::hint::black_box(unsafe {
+                        if wide {
+                            avx512()
+                        } else {
+                            avx2()
+                        }
+                    })
+                });
             }
         });
         threads as f64 * (CHAINS * STEPS) as f64 * lanes * 2.0 / t.elapsed().as_secs_f64() / 1e9

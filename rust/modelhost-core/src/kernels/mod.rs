@@ -12,7 +12,8 @@
 //! - Dense f32 kernels for the embedding encoder: `f32_matmul` (gemm and a short-batch kernel),
 //!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`; `f32_avx512`
 //!   (projections and short-sequence attention) where the CPU has AVX-512F, detected at run time.
-//! - `on_pool` (`pool`): a whole forward pass on rayon's workers, kept awake between its loops.
+//! - `run_pass` (`pool`): a whole forward pass on rayon's workers (kept awake between a decoding pass's loops),
+//!   with the kernels its kind takes.
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
@@ -45,16 +46,4 @@ pub mod types;
 #[cfg(test)]
 mod vector_tests;
 
-pub use pool::on_pool;
-
-/// Run `f`, a forward pass over prompt tokens (`prompt`) or one generated token: see `panel::forward_pass`
-/// (without the GEMM there is one path).
-pub fn forward_pass<R>(prompt: bool, f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    return panel::forward_pass(prompt, f);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = prompt;
-        f()
-    }
-}
+pub use pool::{run_pass, Pass};

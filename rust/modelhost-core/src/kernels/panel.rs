@@ -29,7 +29,7 @@ const TASK_ROWS: usize = 32;
 const MIN_ROWS: usize = 8;
 
 thread_local! {
-    /// Set while this thread runs a prompt's forward pass (`prompt_pass`).
+    /// Set while this thread runs a prompt's forward pass (`forward_pass`).
     static IN_PROMPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 

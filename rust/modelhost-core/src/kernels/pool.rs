@@ -1,5 +1,29 @@
 //! Running a forward pass on rayon's workers, kept awake through its many short parallel loops.
 
+/// What a forward pass runs, which decides how it uses the pool and the quantized kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Prompt tokens of a language model: every quantized product on the GEMM (see `panel::forward_pass`),
+    /// the workers left to sleep between its loops, which are long enough that polling would only burn a core.
+    Prompt,
+    /// One generated token: the row kernels, and the workers kept awake through its ~200 short loops, where a
+    /// sleeping worker's wake-up would cost most.
+    Decode,
+    /// An embedding model's batches (f32 kernels only), workers kept awake: between its ~60 matrix products per
+    /// batch are short serial steps (layer norms, attention of short sequences, pooling).
+    Encode,
+}
+
+/// Run the forward pass `f` of kind `pass` on the pool (see `on_pool`), with the kernels it takes.
+pub fn run_pass<R: Send>(pass: Pass, f: impl FnOnce() -> R + Send) -> R {
+    on_pool(pass != Pass::Prompt, || {
+        #[cfg(target_arch = "x86_64")]
+        return super::panel::forward_pass(pass == Pass::Prompt, f);
+        #[cfg(not(target_arch = "x86_64"))]
+        f()
+    })
+}
+
 /// Run `f` on a rayon worker; with `keep_awake`, the pool's other workers poll for work until it returns.
 ///
 /// A forward pass is many parallel loops with serial steps between them. Called from outside the pool,
@@ -11,7 +35,7 @@
 /// A poller never runs on a thread that is inside a pass (two instances decoding at once): rayon may hand
 /// a waiting thread any queued job, and a poller stacked on top of one pass, waiting for another whose
 /// thread holds the first pass's poller, would never return.
-pub fn on_pool<R: Send>(keep_awake: bool, f: impl FnOnce() -> R + Send) -> R {
+fn on_pool<R: Send>(keep_awake: bool, f: impl FnOnce() -> R + Send) -> R {
     use std::cell::Cell;
     use std::sync::atomic::{AtomicBool, Ordering};
     thread_local!(static IN_PASS: Cell<bool> = const { Cell::new(false) });

@@ -21,6 +21,7 @@ use super::{Architecture, Decoder};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
 use crate::host::placement::Placement;
+use crate::kernels::Pass;
 use crate::storage::{self, FileBytes, LockedPages, MappedFile, PageLock, Progress, ProgressFn};
 use crate::text::{ChatMessage, ChatTemplate, GgufTokenizer};
 
@@ -60,14 +61,6 @@ impl std::fmt::Debug for LlmModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmModel").field("path", &self.path).field("params", &self.params).finish()
     }
-}
-
-/// What a forward pass runs: prompt tokens (their logits must not depend on how the prompt was split into
-/// passes, see `kernels::prompt_pass`) or one generated token.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    Prompt,
-    Decode,
 }
 
 impl LlmModel {
@@ -219,14 +212,9 @@ impl LlmModel {
         all: bool,
         pass: Pass,
     ) -> Result<Tensor> {
-        // On the pool: called from outside it, this thread would compete with both workers for two cores
-        // (see `kernels::on_pool`).
-        // Decoding is ~200 short matmuls per token, where a sleeping worker's wake-up costs most; a prompt
-        // chunk's matmuls are long enough that keeping the workers awake only burns a core.
-        let prompt = pass == Pass::Prompt;
-        let logits = crate::kernels::on_pool(!prompt, || {
-            crate::kernels::forward_pass(prompt, || self.decoder.forward(cache, ropes, tokens, pos, all))
-        })?;
+        // A prompt's logits must not depend on how it was split into passes: the pass, not the row count,
+        // picks the kernels (see `kernels::run_pass`).
+        let logits = crate::kernels::run_pass(pass, || self.decoder.forward(cache, ropes, tokens, pos, all))?;
         // Weights read in place from a truncated file read as zeros: fail rather than return garbage.
         self.mapping.as_ref().map_or(Ok(()), |m| m.check_intact())?;
         Ok(logits)

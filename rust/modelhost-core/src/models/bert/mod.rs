@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::kernels::Pass;
 use crate::formats::safetensors as st;
 use crate::storage::{self, FileBytes, MappedFile, Progress};
 use crate::text::EmbeddingTokenizer;
@@ -155,7 +156,7 @@ impl EmbeddingModel {
 
     /// Embed `texts`: a row-major `(texts.len(), dim)` matrix, rows in input order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<f32>> {
-        crate::kernels::on_pool(false, || self.embed_on_pool(texts))
+        crate::kernels::run_pass(Pass::Encode, || self.embed_on_pool(texts))
     }
 
     fn embed_on_pool(&self, texts: &[&str]) -> Result<Vec<f32>> {
