@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernels::Pass;
 use crate::formats::safetensors as st;
+use crate::kernels::Pass;
 use crate::storage::{self, FileBytes, MappedFile, Progress};
 use crate::text::EmbeddingTokenizer;
 use folder::Folder;
