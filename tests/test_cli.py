@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -193,6 +194,36 @@ def test_serve_in_the_foreground_with_a_token(env: dict[str, str], tmp_path: Pat
             stopped = ok_json(token_env, "server", "stop")
             assert stopped["stopped"] is True
             assert process.wait(timeout=60) == 0
+            assert not (tmp_path / "server.json").exists()
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_serve_stops_on_signals_even_with_sigint_ignored(env: dict[str, str], tmp_path: Path, stop_signal: str) -> None:
+    """A server started as a background job of a script inherits SIGINT ignored; Ctrl-C (and SIGTERM) still drain
+    and stop it, with the state file removed."""
+    state_env = {**env, "MODELHOST_STATE_DIR": str(tmp_path)}
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec, as a shell's `&` leaves it
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelhost", "serve", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=state_env,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().startswith("modelhost serving on http://")
+            process.send_signal(getattr(signal, stop_signal))
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+            assert "modelhost server stopped" in err
             assert not (tmp_path / "server.json").exists()
         finally:
             if process.poll() is None:

@@ -205,12 +205,15 @@ def test_stop_wait_and_ports(client: modelhost.Client) -> None:
 
 def test_ctrl_c_while_waiting_drains_and_returns(client: modelhost.Client) -> None:
     s = _core.serve(client._host, api_token="")
+    # Ctrl-C's meaning in Python, also where pytest came in with SIGINT ignored (a background job of a script).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         assert s.wait(timeout=60) is True
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert not s.is_running()
 
 

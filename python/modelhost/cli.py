@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 from . import _remote
+from ._signals import stop_on_signals
 from .chat import Chat
 from .client import Client, _env_api_token
 from .errors import ModelHostError, ModelKindError, ModelNotFoundError, ModelUnloadedError
@@ -181,10 +181,6 @@ def _megabytes(n: int | None) -> str:
 # --- Serving ----------------------------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def _serve(args: argparse.Namespace) -> int:
     port = _remote.default_port() if args.port is None else args.port
     client = Client(models_dir=args.models_dir, memory_budget=args.memory_budget, max_loaded=args.max_loaded)
@@ -203,7 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
     temporary.write_text(json.dumps(state), encoding="utf-8")
     temporary.replace(path)
     print(f"modelhost serving on {server.url}", flush=True)  # after the state file: whoever reads this finds both
-    signal.signal(signal.SIGTERM, _terminate)  # drain and stop, as Ctrl-C does
+    stop_on_signals()  # drain and stop on SIGTERM or Ctrl-C
     try:
         server.wait()
     finally:

@@ -6,12 +6,12 @@ import argparse
 import json
 import math
 import os
-import signal
 import socket
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
+from .._signals import stop_on_signals
 from ..errors import ModelHostError
 from ._config import DEFAULT_APP_NAME, DEFAULT_PORT, RayServeConfig
 
@@ -101,10 +101,6 @@ def _listening(host: str, port: int) -> tuple[str, int]:
     return str(client.http_config.host), int(client.http_config.port)
 
 
-def _terminate(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def _serve(args: argparse.Namespace) -> int:
     from . import app, serve_module
 
@@ -142,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"modelhost on Ray Serve serving on http://{host}:{port}", flush=True)
         if args.detach:
             return 0
-        signal.signal(signal.SIGTERM, _terminate)
+        stop_on_signals()
         try:
             while True:
                 time.sleep(_POLL_S)
