@@ -182,6 +182,7 @@ def _megabytes(n: int | None) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    stop_on_signals()  # first: whoever reads the URL printed below may signal at once
     port = _remote.default_port() if args.port is None else args.port
     client = Client(models_dir=args.models_dir, memory_budget=args.memory_budget, max_loaded=args.max_loaded)
     server = client.serve(args.host, port, api_token=args.api_token, cors=args.cors)
@@ -194,14 +195,15 @@ def _serve(args: argparse.Namespace) -> int:
         "started": time.time(),
     }
     path = _remote.server_state_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(state), encoding="utf-8")
-    temporary.replace(path)
-    print(f"modelhost serving on {server.url}", flush=True)  # after the state file: whoever reads this finds both
-    stop_on_signals()  # drain and stop on SIGTERM or Ctrl-C
     try:
-        server.wait()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(state), encoding="utf-8")
+        temporary.replace(path)
+        print(f"modelhost serving on {server.url}", flush=True)  # after the state file: whoever reads this finds both
+        server.wait()  # returns on SIGTERM or Ctrl-C
+    except KeyboardInterrupt:
+        pass  # the signal came before wait() began: stop as it would have
     finally:
         server.stop()
         current = _remote.read_server_state()

@@ -135,11 +135,12 @@ def _serve(args: argparse.Namespace) -> int:
         serve.start(http_options={"host": args.host, "port": port})
         serve.run(app(config=config), name=config.name, route_prefix="/")
         host, port = _listening(args.host, port)
-        print(f"modelhost on Ray Serve serving on http://{host}:{port}", flush=True)
-        if args.detach:
-            return 0
-        stop_on_signals()
+        if not args.detach:
+            stop_on_signals()  # after Ray's own handlers, before the URL: whoever reads it may signal at once
         try:
+            print(f"modelhost on Ray Serve serving on http://{host}:{port}", flush=True)
+            if args.detach:
+                return 0
             while True:
                 time.sleep(_POLL_S)
         except KeyboardInterrupt:
