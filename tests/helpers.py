@@ -1,4 +1,4 @@
-"""Shared constants and process probes for the tests (RSS, memory maps, threads)."""
+"""Shared constants and process probes for the tests (RSS, memory maps, threads, child processes, signals)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import gc
 import json
 import os
 import shutil
+import signal
+import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -188,3 +190,31 @@ class ServerProcess:
         finally:
             if self.process.stdout is not None:
                 self.process.stdout.close()
+
+
+def processes_naming(path: str) -> list[int]:
+    """Pids of the processes whose command line names ``path`` (a Ray cluster's temp dir: raylet, GCS, workers...)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if path in line]
+
+
+def reap_processes_naming(path: str, timeout: float = 30) -> list[int]:
+    """Wait up to ``timeout`` s for the processes naming ``path`` to exit; SIGKILL those left, and return them."""
+    deadline = time.monotonic() + timeout
+    while processes_naming(path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = processes_naming(path)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+@contextmanager
+def sigint_handler(handler: Any) -> Iterator[None]:
+    """SIGINT's disposition set to ``handler`` for the block (Python's own, or ``SIG_IGN`` as a script's background
+    job inherits it), then restored."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

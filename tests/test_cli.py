@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import EMB_ALIAS, EMB_KEY, LLM_ALIAS, LLM_KEY
+from helpers import EMB_ALIAS, EMB_KEY, LLM_ALIAS, LLM_KEY, sigint_handler
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -205,8 +205,7 @@ def test_serve_stops_on_signals_even_with_sigint_ignored(env: dict[str, str], tm
     """A server started as a background job of a script inherits SIGINT ignored; Ctrl-C (and SIGTERM) still drain
     and stop it, with the state file removed."""
     state_env = {**env, "MODELHOST_STATE_DIR": str(tmp_path)}
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec, as a shell's `&` leaves it
-    try:
+    with sigint_handler(signal.SIG_IGN):  # inherited through exec, as a shell's `&` leaves it
         process = subprocess.Popen(
             [sys.executable, "-m", "modelhost", "serve", "--port", "0"],
             stdout=subprocess.PIPE,
@@ -214,8 +213,6 @@ def test_serve_stops_on_signals_even_with_sigint_ignored(env: dict[str, str], tm
             text=True,
             env=state_env,
         )
-    finally:
-        signal.signal(signal.SIGINT, previous)
     with process:
         try:
             assert process.stdout is not None

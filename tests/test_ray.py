@@ -34,7 +34,7 @@ import numpy as np
 import openai
 import pytest
 import ray
-from helpers import EMB_KEY, LLM_FILE, LLM_KEY
+from helpers import EMB_KEY, LLM_FILE, LLM_KEY, reap_processes_naming
 from pydantic.warnings import PydanticDeprecatedSince20
 from requantized import REQUANT_FILE, REQUANT_KEY, fixtures_dir, link_or_copy, requantized_smollm2
 
@@ -69,12 +69,6 @@ SENTENCES = ["a sentence", "another, longer sentence", "the cat sat on the mat",
 LONG_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # SmolLM2 Q4_1 counts on past 400 tokens
 
 
-def _ray_processes(temp_dir: str) -> list[int]:
-    """Pids of processes whose command line names the cluster's temp dir (raylet, GCS, workers...)."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    return [int(line.split(None, 1)[0]) for line in out.splitlines() if temp_dir in line]
-
-
 @pytest.fixture(scope="module")
 def ray_models_dir(models_dir: Path) -> Path:
     """A models dir with the three models: hard links to the sample models, plus the Q8_0 re-quantization."""
@@ -100,12 +94,7 @@ def cluster() -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
-        deadline = time.monotonic() + 30
-        while _ray_processes(temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = _ray_processes(temp_dir)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
+        left = reap_processes_naming(temp_dir)
         assert not left, f"Ray processes left behind after shutdown: {left}"
 
 

@@ -22,18 +22,13 @@ import httpx
 import modelhost
 import numpy as np
 import pytest
-from helpers import EMB_KEY, LLM_KEY
+from helpers import EMB_KEY, LLM_KEY, reap_processes_naming
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 CONTEXT_LENGTH = 1024
 STARTUP_S = 240
 SERVING = re.compile(r"serving on (http://\S+)")
-
-
-def _processes_under(path: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    return [int(line.split(None, 1)[0]) for line in out.splitlines() if path in line]
 
 
 def _wait_for_url(proc: subprocess.Popen[str], stderr: Path) -> str:
@@ -111,14 +106,11 @@ def test_ray_serve_command_serves_until_sigterm(models_dir: Path, tmp_path: Path
         assert "modelhost on Ray Serve stopped" in err
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/v1/models", timeout=5)
-        deadline = time.monotonic() + 30
-        while _processes_under(temp_root) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _processes_under(temp_root), "Ray processes outlived `modelhost ray serve`"
+        left = reap_processes_naming(temp_root)
+        assert not left, f"Ray processes outlived `modelhost ray serve`: {left}"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=60)
-        for pid in _processes_under(temp_root):
-            os.kill(pid, signal.SIGKILL)
+        reap_processes_naming(temp_root, timeout=0)
         shutil.rmtree(temp_root, ignore_errors=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import modelhost as mh
 import pytest
-from helpers import EMB_KEY, LLM_FILE, LLM_KEY, link_or_copy, llm_path, mapping_lines
+from helpers import EMB_KEY, LLM_FILE, LLM_KEY, link_or_copy, llm_path, mapping_lines, sigint_handler
 from modelhost import _core
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,13 +88,12 @@ def test_sigint_during_a_load_leaves_nothing_loaded(client: mh.Client, models_di
             timer.start()
         time.sleep(0.02)  # a slow disk: the load outlives the timer
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            client.llm.load_new_instance(LLM_KEY, config={"tryMmap": False}, on_load_progress=on_progress)
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGINT, previous)
+    with sigint_handler(signal.default_int_handler):
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.llm.load_new_instance(LLM_KEY, config={"tryMmap": False}, on_load_progress=on_progress)
+        finally:
+            timer.cancel()
     assert 0 < len(calls) < 101, calls
     assert client.llm.list_loaded() == []
     assert _core.mapped_file_count() == before_mapped

@@ -22,7 +22,7 @@ import modelhost
 import numpy as np
 import openai
 import pytest
-from helpers import EMB_KEY, LLM_ALIAS, LLM_KEY
+from helpers import EMB_KEY, LLM_ALIAS, LLM_KEY, sigint_handler
 from modelhost import _core
 
 LIFE = "/api/modelhost/v1"
@@ -206,14 +206,13 @@ def test_stop_wait_and_ports(client: modelhost.Client) -> None:
 def test_ctrl_c_while_waiting_drains_and_returns(client: modelhost.Client) -> None:
     s = _core.serve(client._host, api_token="")
     # Ctrl-C's meaning in Python, also where pytest came in with SIGINT ignored (a background job of a script).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        assert s.wait(timeout=60) is True
-    finally:
-        timer.cancel()
-        signal.signal(signal.SIGINT, previous)
+    with sigint_handler(signal.default_int_handler):
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            assert s.wait(timeout=60) is True
+        finally:
+            timer.cancel()
     assert not s.is_running()
 
 
