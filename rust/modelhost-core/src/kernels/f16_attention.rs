@@ -1,8 +1,9 @@
-//! Causal grouped-query attention over an f16 KV cache, with llama.cpp's precision: its default context
+//! Causal grouped-query attention over an f16 KV cache, with llama.cpp's arithmetic: its default context
 //! (llama-cpp-python 0.3.36 turns flash attention off) keeps K and V in f16 and multiplies `K·Q` with Q
-//! converted to f16 (the F16 matmul's activation type), takes the softmax in f32 (the sum in double), and
-//! multiplies `V·P` with the probabilities converted to f16. Every product of two f16 values is exact
-//! in f32, so only the summation order differs from llama.cpp's.
+//! converted to f16 (the F16 matmul's activation type), takes the softmax in f32 with ggml's vector `exp`
+//! (the sum in double, a vector at a time), and multiplies `V·P` with the probabilities converted to f16.
+//! Both products sum in the order of llama.cpp's batched F16 matmul (tinyBLAS: one accumulator per vector
+//! lane, then the lanes reduced), so a prompt's attention gives llama.cpp's values bit for bit.
 //!
 //! The cache of one layer is `(n_kv, ctx, hd)` per K and V, head-major: writing a position touches one
 //! run of `hd` values per head, so its pages are faulted in as the context fills, not up front.
@@ -10,6 +11,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::ggml_rows;
 use super::matrix::SharedOut;
 
 /// Query rows whose scores are held at a time.
@@ -49,16 +51,31 @@ pub fn store(
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
+/// `a · b` in the order of llama.cpp's batched F16 matmul (tinyBLAS): one accumulator per vector lane
+/// (16 with AVX-512, else 8), lane `i % lanes` taking element `i`, then the lanes summed as the vector
+/// reduction does. Products of two f16 values are exact in f32, so fused or not makes no difference.
+/// (A head size that is not a multiple of the lanes, where llama.cpp takes another kernel, adds the rest
+/// at the end.)
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32], wide: bool) -> f32 {
+    fn lanes<const L: usize>(a: &[f32], b: &[f32]) -> ([f32; L], f32) {
+        let mut acc = [0f32; L];
+        let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+        let tail = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for l in 0..L {
+                acc[l] += x[l] * y[l];
+            }
         }
+        (acc, tail)
     }
-    lanes.iter().sum::<f32>() + tail
+    if wide {
+        let (acc, tail) = lanes::<16>(a, b);
+        ggml_rows::reduce16(&acc) + tail
+    } else {
+        let (acc, tail) = lanes::<8>(a, b);
+        ggml_rows::reduce8(&acc) + tail
+    }
 }
 
 /// Attention of `seq` queries at positions `pos..pos + seq` over keys and values `0..pos + seq` of one
@@ -82,6 +99,8 @@ pub fn attend(
     let total = pos + seq;
     assert!(total <= ctx && q.len() == seq * h.n_head * hd && out.len() == q.len(), "attention sizes");
     assert!(k_cache.len() == h.n_kv * ctx * hd && v_cache.len() == k_cache.len(), "cache size");
+    let wide = ggml_rows::avx512();
+    let lanes = if wide { 16 } else { 8 };
     let shared = SharedOut(out.as_mut_ptr());
     (0..h.n_kv).into_par_iter().for_each(|g| {
         let to_f32 = |cache: &[f16]| -> Vec<f32> {
@@ -99,6 +118,7 @@ pub fn attend(
         let mut qs = vec![0f32; ROW_TILE * hd];
         let mut scores = vec![0f32; ROW_TILE * total];
         let mut o = vec![0f32; ROW_TILE * hd];
+        let mut acc = vec![0f32; lanes * hd];
         for r0 in (0..rows).step_by(ROW_TILE) {
             let n = (rows - r0).min(ROW_TILE);
             let (qs, scores, o) = (&mut qs[..n * hd], &mut scores[..n * total], &mut o[..n * hd]);
@@ -115,7 +135,7 @@ pub fn attend(
             for (t, s) in scores.chunks_exact_mut(total).enumerate() {
                 let qr = &qs[t * hd..(t + 1) * hd];
                 for (j, s) in s.iter_mut().enumerate().take(pos + (r0 + t) % seq + 1) {
-                    *s = dot(qr, &keys[j * hd..(j + 1) * hd]);
+                    *s = dot(qr, &keys[j * hd..(j + 1) * hd], wide);
                 }
             }
             // Softmax over the visible keys; the probabilities rounded to f16 (the V matmul's activation type).
@@ -128,24 +148,38 @@ pub fn attend(
                     *x *= scale;
                     max = max.max(*x);
                 }
+                // ggml's vector exp, summed a vector at a time (as `ggml_vec_soft_max_f32` over rows of
+                // llama.cpp's padded cache, where hidden keys give 0).
+                let end = (p + 1).next_multiple_of(lanes).min(s.len());
+                for (j, x) in s[..end].iter_mut().enumerate() {
+                    *x = if visible.contains(&j) { ggml_rows::expf(*x - max, wide) } else { 0.0 };
+                }
                 let mut sum = 0f64;
-                for x in &mut s[visible.clone()] {
-                    *x = (*x - max).exp();
-                    sum += f64::from(*x);
+                for chunk in s[..end].chunks(lanes) {
+                    sum += f64::from(ggml_rows::reduce_lanes(chunk, wide));
                 }
                 let inv = (1.0 / sum) as f32;
                 for (j, x) in s.iter_mut().enumerate() {
                     *x = if visible.contains(&j) { f16::from_f32(*x * inv).to_f32() } else { 0.0 };
                 }
             }
-            o.fill(0.0);
+            // `V·P` in tinyBLAS's order: lane `j % lanes` of each output sums the positions `j` it takes.
             for (t, orow) in o.chunks_exact_mut(hd).enumerate() {
+                acc.fill(0.0);
                 for (j, &p) in scores[t * total..(t + 1) * total].iter().enumerate() {
                     if p != 0.0 {
-                        for (d, v) in orow.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                        let lane = &mut acc[(j % lanes) * hd..(j % lanes + 1) * hd];
+                        for (d, v) in lane.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
                             *d += p * v;
                         }
                     }
+                }
+                for (d, out) in orow.iter_mut().enumerate() {
+                    let mut column = [0f32; 16];
+                    for (l, c) in column[..lanes].iter_mut().enumerate() {
+                        *c = acc[l * hd + d];
+                    }
+                    *out = ggml_rows::reduce_lanes(&column[..lanes], wide);
                 }
             }
             for (t, orow) in o.chunks_exact(hd).enumerate() {

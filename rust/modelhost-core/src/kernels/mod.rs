@@ -35,6 +35,7 @@ mod f32_avx512;
 pub(crate) mod f32_matmul;
 pub(crate) mod f32_ops;
 mod f32_simd;
+pub mod ggml_rows;
 #[cfg(test)]
 mod kernel_tests;
 pub mod matrix;

@@ -9,6 +9,7 @@ use half::f16;
 use super::attention::add_bias;
 use super::linear::Linear;
 use crate::error::Result;
+use crate::kernels::ggml_rows;
 use crate::models::gguf_loader::GgufLoader;
 
 /// The gate's activation.
@@ -94,11 +95,17 @@ impl GatedMlp {
                 (both.narrow(D::Minus1, 0, n_ff)?, both.narrow(D::Minus1, n_ff, n_ff)?)
             }
         };
-        let gate = match self.activation {
-            Activation::Silu => gate.silu()?,
-            Activation::GeluTanh => gelu_tanh_f16(&gate)?,
+        let hidden = match self.activation {
+            Activation::Silu if gate.device().is_cpu() => {
+                let n = gate.dim(D::Minus1)?;
+                let mut g = gate.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                ggml_rows::swiglu(&mut g, &up.contiguous()?.flatten_all()?.to_vec1::<f32>()?, n);
+                Tensor::from_vec(g, gate.shape(), gate.device())?
+            }
+            Activation::Silu => (gate.silu()? * up)?,
+            Activation::GeluTanh => (gelu_tanh_f16(&gate)? * up)?,
         };
-        add_bias(self.down.forward(&(gate * up)?)?, self.down_bias.as_ref())
+        add_bias(self.down.forward(&hidden)?, self.down_bias.as_ref())
     }
 
     /// The weight matrices.

@@ -2,9 +2,10 @@
 //! once per instance for its context, in f32 with ggml's recurrence for the angles, then applied to queries and
 //! keys in either of ggml's two layouts.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::Result;
+use crate::kernels::ggml_rows;
 
 /// Which values of a head rotate together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,9 @@ impl Rope {
     pub(crate) fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, _, seq, head_dim) = x.dims4()?;
         let device = x.device();
+        if device.is_cpu() && x.dtype() == DType::F32 {
+            return self.apply_cpu(x, pos, seq, head_dim);
+        }
         let cos = self.cos.narrow(0, pos, seq)?.to_device(device)?;
         let sin = self.sin.narrow(0, pos, seq)?.to_device(device)?;
         let rotate = |x: &Tensor| -> Result<Tensor> {
@@ -91,6 +95,31 @@ impl Rope {
 
 /// An instance's RoPE tables: one for the layers of full attention, and one for sliding-window layers where those
 /// rotate differently (Gemma 3's local layers have a base of their own).
+impl Rope {
+    /// `apply` on the CPU, with ggml's arithmetic (`ggml_rows::rotate_pairs`).
+    fn apply_cpu(&self, x: &Tensor, pos: usize, seq: usize, head_dim: usize) -> Result<Tensor> {
+        let half = self.dims / 2;
+        let cos = self.cos.narrow(0, pos, seq)?.flatten_all()?.to_vec1::<f32>()?;
+        let sin = self.sin.narrow(0, pos, seq)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut data = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (offset, stride) = match self.style {
+            RopeStyle::Interleaved => (1, 2),
+            RopeStyle::Neox => (half, 1),
+        };
+        for (r, row) in data.chunks_exact_mut(head_dim).enumerate() {
+            let t = r % seq;
+            ggml_rows::rotate_pairs(
+                row,
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+                offset,
+                stride,
+            );
+        }
+        Ok(Tensor::from_vec(data, x.shape(), x.device())?)
+    }
+}
+
 pub(crate) struct RopeTables {
     pub(crate) full: Rope,
     pub(crate) sliding: Option<Rope>,
