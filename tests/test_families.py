@@ -42,6 +42,10 @@ LOGIT_TOLERANCE = 0.5
 # so the distance to llama.cpp's batched answer is bounded by twice their disagreement, on top of the rule's 0.5.
 SELF_SPREAD_FACTOR = 2.0
 CLEAR_LEAD = 1.0
+# Weight types whose products we sum in llama.cpp's batched order (tinyBLAS for F32 and F16, the repacked Q4_0
+# GEMM): with every other op at ggml's arithmetic too, their prompt logits are llama.cpp's to the last bits.
+EXACT_VARIANTS = {"F32", "F16", "Q4_0"}
+EXACT_TOLERANCE = 1e-4
 CONTEXT = {"contextLength": 512}
 
 # A cold cache makes a family's files and references (a minute or more on 2 cores) inside its first test.
@@ -176,6 +180,8 @@ def test_top5_logits_at_prompt_end(subject: tuple[dict[str, Any], Loaded, dict[s
             if diff >= worst:
                 worst, where = diff, f"{case['kind']} case {str(case.get('prompt', case.get('messages')))[:40]!r}"
     row["worst_top5_diff"] = worst
+    if row["variant"] in EXACT_VARIANTS and row["family"] != "gemma3":
+        assert worst <= EXACT_TOLERANCE, f"worst top-5 difference {worst:.2e} ({where}) on a file llama.cpp sums alike"
     bound = LOGIT_TOLERANCE
     if worst > LOGIT_TOLERANCE:
         row["llama_cpp_self_diff"] = itself = llama_cpp_self_difference(entry, row)
