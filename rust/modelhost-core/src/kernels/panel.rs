@@ -52,11 +52,13 @@ pub fn forward_pass<R>(prompt: bool, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Whether a `ty` matrix times `m` activation rows should use the blocked GEMM on `isa`.
+/// Whether a `ty` matrix times `m` activation rows should use the blocked GEMM on `isa`. Not for Q4_1 and Q5_1:
+/// llama.cpp has no GEMM for them on x86 and runs prompts through the 8-lane dot products, which the row
+/// kernels sum in the same order, so a prompt's logits are llama.cpp's to the last bit.
 pub fn worth_it(isa: Isa, ty: WeightType, m: usize) -> bool {
     isa == Isa::Avx512
         && (m >= MIN_ROWS || IN_PROMPT.get())
-        && !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16)
+        && !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16 | WeightType::Q4_1 | WeightType::Q5_1)
 }
 
 /// A layer input in panels of 16 rows (rows past the end are zeros).
