@@ -174,13 +174,17 @@ pub fn attend(
                         }
                     }
                 }
-                for (d, out) in orow.iter_mut().enumerate() {
-                    let mut column = [0f32; 16];
-                    for (l, c) in column[..lanes].iter_mut().enumerate() {
-                        *c = acc[l * hd + d];
+                // The lanes' reduction, done for every output at once: halves added pairwise, as the
+                // vector reduction adds its registers' halves.
+                let mut width = lanes;
+                while width > 1 {
+                    width /= 2;
+                    let (low, high) = acc.split_at_mut(width * hd);
+                    for (a, b) in low.iter_mut().zip(&high[..width * hd]) {
+                        *a += *b;
                     }
-                    *out = ggml_rows::reduce_lanes(&column[..lanes], wide);
                 }
+                orow.copy_from_slice(&acc[..hd]);
             }
             for (t, orow) in o.chunks_exact(hd).enumerate() {
                 let (head, i) = (g * group + (r0 + t) / seq, (r0 + t) % seq);

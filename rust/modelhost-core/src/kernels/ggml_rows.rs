@@ -66,7 +66,7 @@ pub fn expf(x: f32, avx512: bool) -> f32 {
             return if n <= 0.0 { 0.0 } else { f32::INFINITY };
         }
         // scalef: j · 2^n, rounded once.
-        (f64::from(j) * 2f64.powi(n as i32)) as f32
+        (f64::from(j) * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
     } else {
         let j = poly.mul_add(u, c5 * b);
         let e = z.to_bits() << 23;
@@ -85,15 +85,150 @@ pub fn expf(x: f32, avx512: bool) -> f32 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// ggml's `ggml_v_expf` for AVX-512 (vec.h), transcribed intrinsic by intrinsic.
+///
+/// # Safety
+/// The CPU has AVX-512 F and DQ.
+#[target_feature(enable = "avx512f,avx512dq")]
+pub unsafe fn exp_avx512(x: __m512) -> __m512 {
+    let r = _mm512_set1_ps(f32::from_bits(0x4b40_0000));
+    let z = _mm512_fmadd_ps(x, _mm512_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+    let n = _mm512_sub_ps(z, r);
+    let b = _mm512_fnmadd_ps(
+        n,
+        _mm512_set1_ps(f32::from_bits(0x35bf_be8e)),
+        _mm512_fnmadd_ps(n, _mm512_set1_ps(f32::from_bits(0x3f31_7200)), x),
+    );
+    let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_set1_ps(f32::from_bits(0x3c07_2010)),
+                b,
+                _mm512_set1_ps(f32::from_bits(0x3d2b_9f17)),
+            ),
+            u,
+            _mm512_fmadd_ps(
+                _mm512_set1_ps(f32::from_bits(0x3e2a_af33)),
+                b,
+                _mm512_set1_ps(f32::from_bits(0x3eff_fedb)),
+            ),
+        ),
+        u,
+        _mm512_fmadd_ps(_mm512_set1_ps(f32::from_bits(0x3f7f_fff6)), b, _mm512_set1_ps(1.0)),
+    );
+    let res = _mm512_scalef_ps(j, n);
+    let alt = _mm512_mask_blend_ps(
+        _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
+        _mm512_set1_ps(f32::INFINITY),
+        _mm512_setzero_ps(),
+    );
+    _mm512_mask_blend_ps(d, res, alt)
+}
+
+/// ggml's `ggml_v_expf` for AVX2 + FMA (vec.h), transcribed.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_avx2(x: __m256) -> __m256 {
+    let r = _mm256_set1_ps(f32::from_bits(0x4b40_0000));
+    let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+    let n = _mm256_sub_ps(z, r);
+    let b = _mm256_fnmadd_ps(
+        n,
+        _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
+    );
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let c = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0)));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
+                b,
+                _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
+            ),
+            u,
+            _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
+                b,
+                _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
+            ),
+        ),
+        u,
+        _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
+    );
+    if _mm256_movemask_ps(_mm256_castsi256_ps(c)) == 0 {
+        return _mm256_fmadd_ps(j, k, k);
+    }
+    let g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    let d = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0)));
+    _mm256_or_ps(
+        _mm256_and_ps(_mm256_castsi256_ps(d), _mm256_mul_ps(s1, s1)),
+        _mm256_andnot_ps(
+            _mm256_castsi256_ps(d),
+            _mm256_or_ps(
+                _mm256_and_ps(_mm256_castsi256_ps(c), _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)),
+            ),
+        ),
+    )
+}
+
 /// `silu(gate) · up` over one row, in place in `gate`, as `ggml_vec_swiglu_f32`: the vector `exp` over
 /// whole vectors, libm's `expf` over the rest of the row.
 pub fn swiglu_row(gate: &mut [f32], up: &[f32]) {
-    let wide = avx512();
-    let lanes = if wide { 16 } else { 8 };
-    let vector = gate.len() / lanes * lanes;
-    for (i, (g, u)) in gate.iter_mut().zip(up).enumerate() {
-        let e = if i < vector { expf(0.0 - *g, wide) } else { (-*g).exp() };
-        *g = *g / (1.0 + e) * u;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features are checked (AVX2 and FMA are the wheel's baseline); the slices hold whole vectors.
+    let done = unsafe {
+        let lanes = if avx512() { 16 } else { 8 };
+        let done = gate.len() / lanes * lanes;
+        if lanes == 16 {
+            swiglu_avx512(&mut gate[..done], &up[..done]);
+        } else {
+            swiglu_avx2(&mut gate[..done], &up[..done]);
+        }
+        done
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (g, u) in gate[done..].iter_mut().zip(&up[done..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn swiglu_avx512(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.chunks_exact_mut(16).zip(up.chunks_exact(16)) {
+        let x = _mm512_loadu_ps(g.as_ptr());
+        let e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        let silu = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+        _mm512_storeu_ps(g.as_mut_ptr(), _mm512_mul_ps(silu, _mm512_loadu_ps(u.as_ptr())));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.chunks_exact_mut(8).zip(up.chunks_exact(8)) {
+        let x = _mm256_loadu_ps(g.as_ptr());
+        let e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        let silu = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+        _mm256_storeu_ps(g.as_mut_ptr(), _mm256_mul_ps(silu, _mm256_loadu_ps(u.as_ptr())));
     }
 }
 
@@ -150,100 +285,6 @@ mod tests {
 
     use super::*;
 
-    /// ggml's `ggml_v_expf` for AVX-512 (vec.h), transcribed intrinsic by intrinsic.
-    #[target_feature(enable = "avx512f,avx512dq")]
-    unsafe fn ggml_expf_avx512(x: __m512) -> __m512 {
-        let r = _mm512_set1_ps(f32::from_bits(0x4b40_0000));
-        let z = _mm512_fmadd_ps(x, _mm512_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
-        let n = _mm512_sub_ps(z, r);
-        let b = _mm512_fnmadd_ps(
-            n,
-            _mm512_set1_ps(f32::from_bits(0x35bf_be8e)),
-            _mm512_fnmadd_ps(n, _mm512_set1_ps(f32::from_bits(0x3f31_7200)), x),
-        );
-        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
-        let u = _mm512_mul_ps(b, b);
-        let j = _mm512_fmadd_ps(
-            _mm512_fmadd_ps(
-                _mm512_fmadd_ps(
-                    _mm512_set1_ps(f32::from_bits(0x3c07_2010)),
-                    b,
-                    _mm512_set1_ps(f32::from_bits(0x3d2b_9f17)),
-                ),
-                u,
-                _mm512_fmadd_ps(
-                    _mm512_set1_ps(f32::from_bits(0x3e2a_af33)),
-                    b,
-                    _mm512_set1_ps(f32::from_bits(0x3eff_fedb)),
-                ),
-            ),
-            u,
-            _mm512_fmadd_ps(_mm512_set1_ps(f32::from_bits(0x3f7f_fff6)), b, _mm512_set1_ps(1.0)),
-        );
-        let res = _mm512_scalef_ps(j, n);
-        let alt = _mm512_mask_blend_ps(
-            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps()),
-            _mm512_set1_ps(f32::INFINITY),
-            _mm512_setzero_ps(),
-        );
-        _mm512_mask_blend_ps(d, res, alt)
-    }
-
-    /// ggml's `ggml_v_expf` for AVX2 + FMA (vec.h), transcribed.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn ggml_expf_avx2(x: __m256) -> __m256 {
-        let r = _mm256_set1_ps(f32::from_bits(0x4b40_0000));
-        let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
-        let n = _mm256_sub_ps(z, r);
-        let b = _mm256_fnmadd_ps(
-            n,
-            _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
-            _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
-        );
-        let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
-        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
-        let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
-        let c = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0)));
-        let u = _mm256_mul_ps(b, b);
-        let j = _mm256_fmadd_ps(
-            _mm256_fmadd_ps(
-                _mm256_fmadd_ps(
-                    _mm256_set1_ps(f32::from_bits(0x3c07_2010)),
-                    b,
-                    _mm256_set1_ps(f32::from_bits(0x3d2b_9f17)),
-                ),
-                u,
-                _mm256_fmadd_ps(
-                    _mm256_set1_ps(f32::from_bits(0x3e2a_af33)),
-                    b,
-                    _mm256_set1_ps(f32::from_bits(0x3eff_fedb)),
-                ),
-            ),
-            u,
-            _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
-        );
-        if _mm256_movemask_ps(_mm256_castsi256_ps(c)) == 0 {
-            return _mm256_fmadd_ps(j, k, k);
-        }
-        let g = _mm256_and_si256(
-            _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
-            _mm256_set1_epi32(0x8200_0000u32 as i32),
-        );
-        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
-        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
-        let d = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0)));
-        _mm256_or_ps(
-            _mm256_and_ps(_mm256_castsi256_ps(d), _mm256_mul_ps(s1, s1)),
-            _mm256_andnot_ps(
-                _mm256_castsi256_ps(d),
-                _mm256_or_ps(
-                    _mm256_and_ps(_mm256_castsi256_ps(c), _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
-                    _mm256_andnot_ps(_mm256_castsi256_ps(c), _mm256_fmadd_ps(k, j, k)),
-                ),
-            ),
-        )
-    }
-
     /// Inputs across exp's whole range, including where it underflows, overflows and goes subnormal.
     fn inputs() -> Vec<f32> {
         let mut v: Vec<f32> = (-120_000..100_000).map(|i| i as f32 * 1e-3 + 1.234_567e-4).collect();
@@ -258,7 +299,7 @@ mod tests {
             for chunk in xs.chunks_exact(16) {
                 let mut want = [0f32; 16];
                 // SAFETY: the features are present; the buffers hold 16 values.
-                unsafe { _mm512_storeu_ps(want.as_mut_ptr(), ggml_expf_avx512(_mm512_loadu_ps(chunk.as_ptr()))) };
+                unsafe { _mm512_storeu_ps(want.as_mut_ptr(), exp_avx512(_mm512_loadu_ps(chunk.as_ptr()))) };
                 for (x, w) in chunk.iter().zip(want) {
                     assert_eq!(expf(*x, true).to_bits(), w.to_bits(), "AVX-512 exp({x})");
                 }
@@ -267,7 +308,7 @@ mod tests {
         for chunk in xs.chunks_exact(8) {
             let mut want = [0f32; 8];
             // SAFETY: the wheel's baseline (x86-64-v3) has AVX2 and FMA; the buffers hold 8 values.
-            unsafe { _mm256_storeu_ps(want.as_mut_ptr(), ggml_expf_avx2(_mm256_loadu_ps(chunk.as_ptr()))) };
+            unsafe { _mm256_storeu_ps(want.as_mut_ptr(), exp_avx2(_mm256_loadu_ps(chunk.as_ptr()))) };
             for (x, w) in chunk.iter().zip(want) {
                 assert_eq!(expf(*x, false).to_bits(), w.to_bits(), "AVX2 exp({x})");
             }
