@@ -71,6 +71,8 @@ def main(model: str, out: Path, ids: list[int], layers: set[int] | None) -> None
         return True
 
     callback = lc.ggml_backend_sched_eval_callback(on_tensor)
+    quiet = lc.llama_log_callback(lambda _level, _text, _user: None)
+    lc.llama_log_set(quiet, None)
     lc.llama_backend_init()
     m = lc.llama_model_load_from_file(model.encode(), lc.llama_model_default_params())
     params = lc.llama_context_default_params()

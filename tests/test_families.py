@@ -181,7 +181,7 @@ def test_top5_logits_at_prompt_end(subject: tuple[dict[str, Any], Loaded, dict[s
             if diff >= worst:
                 worst, where = diff, f"{case['kind']} case {str(case.get('prompt', case.get('messages')))[:40]!r}"
     row["worst_top5_diff"] = worst
-    if row["variant"] in EXACT_VARIANTS and row["family"] != "gemma3":
+    if row["variant"] in EXACT_VARIANTS:
         assert worst <= EXACT_TOLERANCE, f"worst top-5 difference {worst:.2e} ({where}) on a file llama.cpp sums alike"
     bound = LOGIT_TOLERANCE
     if worst > LOGIT_TOLERANCE:
