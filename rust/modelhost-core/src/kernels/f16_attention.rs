@@ -151,9 +151,9 @@ pub fn attend(
                 // ggml's vector exp, summed a vector at a time (as `ggml_vec_soft_max_f32` over rows of
                 // llama.cpp's padded cache, where hidden keys give 0).
                 let end = (p + 1).next_multiple_of(lanes).min(s.len());
-                for (j, x) in s[..end].iter_mut().enumerate() {
-                    *x = if visible.contains(&j) { ggml_rows::expf(*x - max, wide) } else { 0.0 };
-                }
+                ggml_rows::exp_minus_max(&mut s[visible.clone()], max);
+                s[..visible.start].fill(0.0);
+                s[p + 1..end].fill(0.0);
                 let mut sum = 0f64;
                 for chunk in s[..end].chunks(lanes) {
                     sum += f64::from(ggml_rows::reduce_lanes(chunk, wide));

@@ -232,6 +232,47 @@ unsafe fn swiglu_avx2(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// `exp(x - max)` over `x` in place, as `ggml_vec_soft_max_f32` computes it (the vector `exp`; the scalar
+/// transcription for a last partial vector gives the same bits).
+pub fn exp_minus_max(x: &mut [f32], max: f32) {
+    let wide = avx512();
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features are checked (AVX2 and FMA are the wheel's baseline); loads and stores are of whole
+    // vectors inside `x`.
+    let done = unsafe {
+        let done = x.len() / if wide { 16 } else { 8 } * if wide { 16 } else { 8 };
+        if wide {
+            exp_minus_max_avx512(&mut x[..done], max);
+        } else {
+            exp_minus_max_avx2(&mut x[..done], max);
+        }
+        done
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for v in &mut x[done..] {
+        *v = expf(*v - max, wide);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn exp_minus_max_avx512(x: &mut [f32], max: f32) {
+    for v in x.chunks_exact_mut(16) {
+        let e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(v.as_ptr()), _mm512_set1_ps(max)));
+        _mm512_storeu_ps(v.as_mut_ptr(), e);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_minus_max_avx2(x: &mut [f32], max: f32) {
+    for v in x.chunks_exact_mut(8) {
+        let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), _mm256_set1_ps(max)));
+        _mm256_storeu_ps(v.as_mut_ptr(), e);
+    }
+}
+
 /// `silu(gate) · up` for rows of `n` values.
 pub fn swiglu(gate: &mut [f32], up: &[f32], n: usize) {
     gate.par_chunks_mut(n).zip(up.par_chunks(n)).with_min_len(MIN_ROWS).for_each(|(g, u)| swiglu_row(g, u));
