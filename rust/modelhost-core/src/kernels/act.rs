@@ -8,8 +8,12 @@
 use std::sync::OnceLock;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::types::{ActFormat, QK, QK_K};
+
+/// Activation rows per task when quantizing.
+const MIN_ROWS: usize = 8;
 
 /// Activations quantized to 8 bits per element in blocks: Q8_0, Q8_1 or Q8_K, stored by field (one
 /// array per field) so a kernel loads a row's bytes contiguously.
@@ -133,23 +137,42 @@ pub fn quantize(format: ActFormat, x: &[f32], rows: usize, cols: usize) -> Quant
         s: if format == ActFormat::Q8_1 { vec![0.0; nb] } else { Vec::new() },
         sums: vec![0; if format == ActFormat::Q8_K { rows * cols / 16 } else { nb }],
     };
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    // Rows in parallel: a prompt's layer inputs are quantized between matrix products, and one thread doing it
+    // left the other idle.
+    let nb_row = cols / block;
+    let sums_row = out.sums.len() / rows.max(1);
+    let rows_iter = x.par_chunks(cols).zip(out.qs.par_chunks_mut(cols)).zip(out.d.par_chunks_mut(nb_row));
     match format {
         ActFormat::Q8_0 | ActFormat::Q8_1 => {
-            for (b, (x, q)) in x.chunks_exact(QK).zip(out.qs.chunks_exact_mut(QK)).enumerate() {
-                let (d16, d, sum) = quantize_block32(x, q);
-                out.d[b] = d16;
-                out.sums[b] = sum;
-                if format == ActFormat::Q8_1 {
-                    // `d * sum` in f32 with the unrounded d, then stored as f16.
-                    out.s[b] = through_f16(d * sum as f32);
-                }
-            }
+            let q8_1 = format == ActFormat::Q8_1;
+            let mut s_rows: Vec<&mut [f32]> =
+                if q8_1 { out.s.chunks_mut(nb_row).collect() } else { (0..rows).map(|_| Default::default()).collect() };
+            rows_iter
+                .zip(out.sums.par_chunks_mut(sums_row))
+                .zip(s_rows.par_iter_mut())
+                .with_min_len(MIN_ROWS)
+                .for_each(|((((x, q), d), sums), s)| {
+                    for (b, (x, q)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+                        let (d16, unrounded, sum) = quantize_block32(x, q);
+                        d[b] = d16;
+                        sums[b] = sum;
+                        if q8_1 {
+                            // `d * sum` in f32 with the unrounded d, then stored as f16.
+                            s[b] = through_f16(unrounded * sum as f32);
+                        }
+                    }
+                });
         }
         ActFormat::Q8_K => {
-            let chunks = x.chunks_exact(QK_K).zip(out.qs.chunks_exact_mut(QK_K)).zip(out.sums.chunks_exact_mut(16));
-            for (b, ((x, q), sums)) in chunks.enumerate() {
-                out.d[b] = quantize_block_k(x, q, sums);
-            }
+            rows_iter.zip(out.sums.par_chunks_mut(sums_row)).with_min_len(MIN_ROWS).for_each(|(((x, q), d), sums)| {
+                let chunks = x.chunks_exact(QK_K).zip(q.chunks_exact_mut(QK_K)).zip(sums.chunks_exact_mut(16));
+                for (b, ((x, q), sums)) in chunks.enumerate() {
+                    d[b] = quantize_block_k(x, q, sums);
+                }
+            });
         }
         ActFormat::F32 | ActFormat::F16 | ActFormat::BF16 => unreachable!("not a block format"),
     }
