@@ -240,7 +240,8 @@ pub fn exp_minus_max(x: &mut [f32], max: f32) {
     // SAFETY: the features are checked (AVX2 and FMA are the wheel's baseline); loads and stores are of whole
     // vectors inside `x`.
     let done = unsafe {
-        let done = x.len() / if wide { 16 } else { 8 } * if wide { 16 } else { 8 };
+        let lanes = if wide { 16 } else { 8 };
+        let done = x.len() / lanes * lanes;
         if wide {
             exp_minus_max_avx512(&mut x[..done], max);
         } else {
