@@ -143,7 +143,7 @@ pub fn quantize(format: ActFormat, x: &[f32], rows: usize, cols: usize) -> Quant
     // Rows in parallel: a prompt's layer inputs are quantized between matrix products, and one thread doing it
     // left the other idle.
     let nb_row = cols / block;
-    let sums_row = out.sums.len() / rows.max(1);
+    let sums_row = out.sums.len() / rows;
     let rows_iter = x.par_chunks(cols).zip(out.qs.par_chunks_mut(cols)).zip(out.d.par_chunks_mut(nb_row));
     match format {
         ActFormat::Q8_0 | ActFormat::Q8_1 => {

@@ -3,8 +3,9 @@
 /// What a forward pass runs, which decides how it uses the pool and the quantized kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
-    /// Prompt tokens of a language model: every quantized product on the GEMM (see `panel::forward_pass`),
-    /// the workers left to sleep between its loops, which are long enough that polling would only burn a core.
+    /// Prompt tokens of a language model: the quantized products on the GEMM where it takes their type (see
+    /// `panel::forward_pass` and `panel::worth_it`), the workers left to sleep between its loops, which are
+    /// long enough that polling would only burn a core.
     Prompt,
     /// One generated token: the row kernels, and the workers kept awake through its ~200 short loops, where a
     /// sleeping worker's wake-up would cost most.

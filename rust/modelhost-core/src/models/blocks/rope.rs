@@ -91,11 +91,7 @@ impl Rope {
         let rest = x.narrow(D::Minus1, self.dims, head_dim - self.dims)?;
         Ok(Tensor::cat(&[&rotated, &rest], D::Minus1)?.contiguous()?)
     }
-}
 
-/// An instance's RoPE tables: one for the layers of full attention, and one for sliding-window layers where those
-/// rotate differently (Gemma 3's local layers have a base of their own).
-impl Rope {
     /// `apply` on the CPU, with ggml's arithmetic (`ggml_rows::rotate_pairs`).
     fn apply_cpu(&self, x: &Tensor, pos: usize, seq: usize, head_dim: usize) -> Result<Tensor> {
         let half = self.dims / 2;
@@ -120,6 +116,8 @@ impl Rope {
     }
 }
 
+/// An instance's RoPE tables: one for the layers of full attention, and one for sliding-window layers where those
+/// rotate differently (Gemma 3's local layers have a base of their own).
 pub(crate) struct RopeTables {
     pub(crate) full: Rope,
     pub(crate) sliding: Option<Rope>,
