@@ -112,16 +112,18 @@ pub fn attend(
             buf
         };
         let (keys, values) = (to_f32(k_cache), to_f32(v_cache));
-        // Rows r = (head in the group) · seq + query, a tile at a time: the scores of a tile are all that is
-        // held besides this head's keys and values.
+        // Rows r = (head in the group) · seq + query, a tile at a time and the tiles in parallel (a model with
+        // one key/value head would otherwise run its attention on one thread): the scores of a tile are all
+        // that is held besides this head's keys and values.
         let rows = group * seq;
-        let mut qs = vec![0f32; ROW_TILE * hd];
-        let mut scores = vec![0f32; ROW_TILE * total];
-        let mut o = vec![0f32; ROW_TILE * hd];
-        let mut acc = vec![0f32; lanes * hd];
-        for r0 in (0..rows).step_by(ROW_TILE) {
+        (0..rows.div_ceil(ROW_TILE)).into_par_iter().for_each(|tile| {
+            let r0 = tile * ROW_TILE;
             let n = (rows - r0).min(ROW_TILE);
-            let (qs, scores, o) = (&mut qs[..n * hd], &mut scores[..n * total], &mut o[..n * hd]);
+            let mut qs = vec![0f32; n * hd];
+            let mut scores = vec![0f32; n * total];
+            let mut o = vec![0f32; n * hd];
+            let mut acc = vec![0f32; lanes * hd];
+            let (qs, scores, o) = (&mut qs[..], &mut scores[..], &mut o[..]);
             // The queries, as f16 values (llama.cpp converts them for the F16 matmul).
             for (t, row) in qs.chunks_exact_mut(hd).enumerate() {
                 let (head, i) = (g * group + (r0 + t) / seq, (r0 + t) % seq);
@@ -193,7 +195,7 @@ pub fn attend(
                     unsafe { shared.write((i * h.n_head + head) * hd + d, v) };
                 }
             }
-        }
+        });
     });
 }
 
