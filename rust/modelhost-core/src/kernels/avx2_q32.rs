@@ -20,6 +20,9 @@ pub trait Block32 {
     const SIGNED: bool;
     /// Whether the block has a minimum (its dot product adds `m · s`).
     const MIN: bool;
+    /// Whether llama.cpp's batched path keeps each group of 4 values' sum apart (tinyBLAS's types), so the
+    /// blocked GEMM packs a correction per group.
+    const GROUPS_APART: bool = false;
     /// The 32 values, and the scale and the minimum (broadcast) of the block at `b`.
     unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256);
 }
@@ -51,6 +54,7 @@ impl Block32 for Q4_1 {
 /// Q5_0: values q − 16, the fifth bit from `qh`.
 pub struct Q5_0;
 impl Block32 for Q5_0 {
+    const GROUPS_APART: bool = true;
     const BYTES: usize = 22;
     const SIGNED: bool = true;
     const MIN: bool = false;
@@ -78,6 +82,7 @@ impl Block32 for Q5_1 {
 /// Q8_0: signed bytes.
 pub struct Q8_0;
 impl Block32 for Q8_0 {
+    const GROUPS_APART: bool = true;
     const BYTES: usize = 34;
     const SIGNED: bool = true;
     const MIN: bool = false;
@@ -90,6 +95,7 @@ impl Block32 for Q8_0 {
 /// IQ4_NL: nibbles looked up in the non-linear table.
 pub struct Iq4Nl;
 impl Block32 for Iq4Nl {
+    const GROUPS_APART: bool = true;
     const BYTES: usize = 18;
     const SIGNED: bool = true;
     const MIN: bool = false;

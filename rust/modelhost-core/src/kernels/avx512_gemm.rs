@@ -33,11 +33,18 @@ unsafe fn pack_q32<B: Block32>(src: &[&[u8]], p: &mut PackedRows) {
         for b in 0..nb {
             let (v, d, m) = B::load(row.as_ptr().add(b * B::BYTES));
             _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK) as *mut __m256i, v);
-            let (lo, hi) = byte_sums(v);
             let i = r * nb + b;
             p.d[i] = _mm256_cvtss_f32(d);
             p.m[i] = _mm256_cvtss_f32(m);
-            p.corr[i] = -128 * (lo + hi);
+            if B::GROUPS_APART {
+                // Per group of 4 values: `MAGIC_BITS − 128 · Σw`, the start of the group's `vpdpbusd`.
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
+                let corr = _mm256_sub_epi32(_mm256_set1_epi32(MAGIC_BITS), _mm256_slli_epi32::<7>(sums));
+                _mm256_storeu_si256(p.corr4.as_mut_ptr().add(i * 8) as *mut __m256i, corr);
+            } else {
+                let (lo, hi) = byte_sums(v);
+                p.corr[i] = -128 * (lo + hi);
+            }
         }
     }
 }
@@ -147,6 +154,62 @@ unsafe fn tile_q32<const MIN: bool, const P: usize>(
     }
 }
 
+/// `1.5 · 2²³` as a float's bits: with an integer `n` (|n| < 2²²) added to them, the float is exactly `1.5 · 2²³ + n`.
+const MAGIC_BITS: i32 = 0x4B40_0000;
+const MAGIC: f32 = 12_582_912.0;
+
+/// Rows `r0..r0+count` of Q8_0, Q5_0 or IQ4_NL against panels `g..g+P`, summed as llama.cpp's batched path
+/// (tinyBLAS) sums them: per output, 8 float accumulators, one per group of 4 values of each block, each adding
+/// `d_w·d_a · (group's integer sum)` with one fused multiply-add per block, then reduced as `hsum(__m256)`.
+///
+/// Each group's `vpdpbusd` starts from its correction plus `MAGIC_BITS`, so the float conversion is one subtraction
+/// (either vector port) instead of `vcvtdq2ps` (the port `vpdpbusd` needs).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // rows, groups and panels index the accumulators and the output alike
+unsafe fn tile_q32_groups<const P: usize>(
+    p: &PackedRows,
+    r0: usize,
+    count: usize,
+    a: &ActPanels,
+    g: usize,
+    out: &mut Tile,
+) {
+    // Rows at a time against one panel: 8 accumulators each, every activation load feeding all of them.
+    const R: usize = 2;
+    let (cols, nb) = (p.cols, p.nb);
+    let magic = _mm512_set1_ps(MAGIC);
+    for k in 0..P {
+        let aq = a.q.as_ptr().add((g + k) * cols * LANES);
+        let ad = a.d.as_ptr().add((g + k) * nb * LANES);
+        for t0 in (0..count).step_by(R) {
+            let rows: [usize; R] = std::array::from_fn(|i| r0 + (t0 + i).min(count - 1));
+            let mut acc = [[_mm512_setzero_ps(); 8]; R];
+            for b in 0..nb {
+                let da = _mm512_loadu_ps(ad.add(b * LANES));
+                let scale: [__m512; R] =
+                    std::array::from_fn(|i| _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[i] * nb + b])));
+                let corr: [*const i32; R] = std::array::from_fn(|i| p.corr4.as_ptr().add((rows[i] * nb + b) * 8));
+                for g4 in 0..QK / 4 {
+                    let av = _mm512_loadu_si512(aq.add((b * 8 + g4) * 64) as *const __m512i);
+                    for i in 0..R {
+                        let w = bcast4(p.q.as_ptr().add(rows[i] * cols + b * QK + g4 * 4));
+                        let s = _mm512_dpbusd_epi32(_mm512_set1_epi32(*corr[i].add(g4)), av, w);
+                        let sum = _mm512_sub_ps(_mm512_castsi512_ps(s), magic);
+                        acc[i][g4] = _mm512_fmadd_ps(scale[i], sum, acc[i][g4]);
+                    }
+                }
+            }
+            for i in 0..R.min(count - t0) {
+                // hsum(__m256): lanes l and l + 4 first, then (0 + 2) + (1 + 3).
+                let l = &acc[i];
+                let h: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(l[j + 4], l[j]));
+                let sum = _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]));
+                _mm512_storeu_ps(out[t0 + i][k * LANES..].as_mut_ptr(), sum);
+            }
+        }
+    }
+}
+
 /// Rows `r0..r0+TILE_ROWS` of a K-quant against panels `g..g+P`: per super-block, each sub-block's integer
 /// sum is scaled (`vpmulld`) into one exact integer, converted once.
 #[inline(always)]
@@ -247,7 +310,14 @@ pub unsafe fn tile(
     }
     match ty {
         WeightType::Q4_1 | WeightType::Q5_1 => run!(tile_q32::<true>),
-        WeightType::Q4_0 | WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => run!(tile_q32::<false>),
+        WeightType::Q4_0 => run!(tile_q32::<false>),
+        WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => {
+            if panels == 2 {
+                tile_q32_groups::<2>(p, r0, count, a, g, out)
+            } else {
+                tile_q32_groups::<1>(p, r0, count, a, g, out)
+            }
+        }
         WeightType::Q2_K => run!(tile_kquant::<16, true>),
         WeightType::Q3_K | WeightType::Q6_K => run!(tile_kquant::<16, false>),
         WeightType::Q4_K | WeightType::Q5_K => run!(tile_kquant::<32, true>),

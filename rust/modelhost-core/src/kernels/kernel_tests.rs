@@ -4,10 +4,10 @@
 use proptest::prelude::*;
 
 use super::act::LayerInput;
-use super::blocks::dequantize_row;
+use super::blocks::{block32, dequantize_row};
 use super::dispatch::Isa;
 use super::matrix::WeightMatrix;
-use super::types::WeightType;
+use super::types::{ActFormat, WeightType};
 
 /// Deterministic pseudo-random bytes.
 pub(crate) fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -131,6 +131,56 @@ fn prompt_sized_products_match_the_reference() {
     for ty in WeightType::ALL {
         let cols = if ty.block_elems() == 256 { 768 } else { 160 };
         check_type(ty, 45, cols, &[16, 33], 2);
+    }
+}
+
+/// llama.cpp's batched product for Q8_0, Q5_0 and IQ4_NL (tinyBLAS), transcribed: per output, 8 float
+/// accumulators, accumulator `l` adding each block's group of 4 values `l` as `fma(d_w · d_a, sum, acc)`, then
+/// the accumulators reduced as `hsum(__m256)` reduces them.
+fn tinyblas_q0(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
+    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
+    let q = input.quantized(ActFormat::Q8_0);
+    let mut y = vec![0f32; m * n];
+    for r in 0..n {
+        for i in 0..m {
+            let a = q.row(i);
+            let mut acc = [0f32; 8];
+            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
+                let (wq, dw, _) = block32(ty, block);
+                let scale = dw * a.d[b];
+                for (l, acc) in acc.iter_mut().enumerate() {
+                    let at = 4 * l..4 * l + 4;
+                    let sum: i32 = wq[at.clone()]
+                        .iter()
+                        .zip(&a.qs[b * 32..][at])
+                        .map(|(&w, &x)| i32::from(w) * i32::from(x))
+                        .sum();
+                    *acc = scale.mul_add(sum as f32, *acc);
+                }
+            }
+            let h: [f32; 4] = std::array::from_fn(|j| acc[j + 4] + acc[j]);
+            y[i * n + r] = (h[0] + h[2]) + (h[1] + h[3]);
+        }
+    }
+    y
+}
+
+#[test]
+fn prompt_products_of_q8_0_q5_0_and_iq4_nl_are_llama_cpps_to_the_bit() {
+    if !Isa::available().contains(&Isa::Avx512) {
+        return; // the blocked GEMM is AVX-512 only; the row kernels are checked above
+    }
+    for ty in [WeightType::Q8_0, WeightType::Q5_0, WeightType::IQ4_NL] {
+        let w = matrix(ty, 45, 160, 3);
+        for m in [8, 16, 33] {
+            let input = LayerInput::new(activations(m, 160, 4 + m as u64), m, 160);
+            let mut y = vec![f32::NAN; m * 45];
+            w.matmul_with(Isa::Avx512, &input, &mut y);
+            let expected = tinyblas_q0(&w, &input);
+            for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
+                assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
+            }
+        }
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! Each task unpacks a slice of weight rows once (`PackedRows`: signed bytes, scales, sums) and runs
 //! every activation panel against it, so the unpacking is paid once per `16 × panels` dot products.
-//! Every integer is the one llama.cpp's dot products compute; the floats are combined per block (32) or
-//! super-block (256) as its kernels do.
+//! Every integer is the one llama.cpp's dot products compute. Q8_0, Q5_0 and IQ4_NL keep each block's 8
+//! groups of 4 apart, each with its own float accumulator, as llama.cpp's tinyBLAS does; the other types combine
+//! their floats per block (32) or super-block (256).
 
 use rayon::prelude::*;
 
@@ -149,6 +150,9 @@ pub struct PackedRows {
     pub m: Vec<f32>,
     /// Per row and block: `−128 · Σ scale · Σw`, which cancels the activations' bias.
     pub corr: Vec<i32>,
+    /// Q8_0, Q5_0 and IQ4_NL, per row and block: for each group of 4 values (8 per block), the start of its
+    /// `vpdpbusd`: the same correction for the group, plus the bits that make the sum a float (`MAGIC_BITS`).
+    pub corr4: Vec<i32>,
     /// K-quants, per row and super-block: the 16 sub-block scales.
     pub sc: Vec<i32>,
     /// K-quants with minimums, per row and super-block: pairs of i16 minimums (for `vpdpwssd` with the pairs of
@@ -166,6 +170,9 @@ impl PackedRows {
         self.d.resize(blocks, 0.0);
         self.m.resize(blocks, 0.0);
         self.corr.resize(blocks, 0);
+        if block == QK {
+            self.corr4.resize(blocks * 8, 0);
+        }
         if block == QK_K {
             self.sc.resize(blocks * 16, 0);
             self.mins.resize(blocks * 8, 0);
