@@ -43,9 +43,10 @@ LOGIT_TOLERANCE = 0.5
 SELF_SPREAD_FACTOR = 2.0
 CLEAR_LEAD = 1.0
 # Weight types whose products we sum in llama.cpp's batched order (tinyBLAS for F32, F16, Q8_0 and Q5_0, the
-# repacked Q4_0 GEMM, the 8-lane vec_dot that Q4_1 and Q5_1 take in batches too): with every other op at ggml's
-# arithmetic, their prompt logits are llama.cpp's to the last bits.
-EXACT_VARIANTS = {"F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "original-Q4_1"}
+# repacked Q4_0 and Q4_K GEMMs, the 8-lane vec_dot that Q4_1 and Q5_1 take in batches too), and the real Gemma 3
+# file (Q5_0, Q8_0, Q4_K, Q6_K): with every other op at ggml's arithmetic, their prompt logits are llama.cpp's to the
+# last bits.
+EXACT_VARIANTS = {"F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "original-Q4_1", "original-Q4_K_M"}
 EXACT_TOLERANCE = 1e-4
 CONTEXT = {"contextLength": 512}
 

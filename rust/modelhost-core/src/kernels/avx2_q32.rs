@@ -20,8 +20,8 @@ pub trait Block32 {
     const SIGNED: bool;
     /// Whether the block has a minimum (its dot product adds `m · s`).
     const MIN: bool;
-    /// Whether llama.cpp's batched path keeps each group of 4 values' sum apart (tinyBLAS's types), so the
-    /// blocked GEMM packs a correction per group.
+    /// Whether llama.cpp's batched path keeps each group of 4 values' sum apart (tinyBLAS's types; Q4_0 and IQ4_NL
+    /// it repacks instead, into GEMMs with one integer per block), so the blocked GEMM packs a correction per group.
     const GROUPS_APART: bool = false;
     /// The 32 values, and the scale and the minimum (broadcast) of the block at `b`.
     unsafe fn load(b: *const u8) -> (__m256i, __m256, __m256);
@@ -95,7 +95,6 @@ impl Block32 for Q8_0 {
 /// IQ4_NL: nibbles looked up in the non-linear table.
 pub struct Iq4Nl;
 impl Block32 for Iq4Nl {
-    const GROUPS_APART: bool = true;
     const BYTES: usize = 18;
     const SIGNED: bool = true;
     const MIN: bool = false;

@@ -58,12 +58,17 @@ unsafe fn pack_kquant<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
             let scales = K::scales(blk);
             let (sc, mn) = K::int_scales(&scales);
             let mut corr = 0i32;
+            p.corr64[(r * nb + b) * 4..(r * nb + b + 1) * 4].fill(0);
             for c in 0..QK_K / 32 {
                 let (v, _) = K::chunk(blk, &scales, c);
                 let v = _mm256_sub_epi8(v, _mm256_set1_epi8(K::OFFSET));
                 _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK_K + c * 32) as *mut __m256i, v);
                 let (lo, hi) = byte_sums(v);
-                corr += if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
+                let part = if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
+                corr += part;
+                if K::SUB == 32 {
+                    p.corr64[(r * nb + b) * 4 + c / 2] += -128 * part;
+                }
             }
             let i = r * nb + b;
             let (d, dmin) = K::d_dmin(blk);
@@ -158,7 +163,7 @@ unsafe fn tile_q32<const MIN: bool, const P: usize>(
 const MAGIC_BITS: i32 = 0x4B40_0000;
 const MAGIC: f32 = 12_582_912.0;
 
-/// Rows `r0..r0+count` of Q8_0, Q5_0 or IQ4_NL against panels `g..g+P`, summed as llama.cpp's batched path
+/// Rows `r0..r0+count` of Q8_0 or Q5_0 against panels `g..g+P`, summed as llama.cpp's batched path
 /// (tinyBLAS) sums them: per output, 8 float accumulators, one per group of 4 values of each block, each adding
 /// `d_w·d_a · (group's integer sum)` with one fused multiply-add per block, then reduced as `hsum(__m256)`.
 ///
@@ -249,11 +254,11 @@ unsafe fn tile_kquant<const SUB: usize, const MIN: bool, const P: usize>(
             }
         }
         for k in 0..P {
-            let da = _mm512_loadu_ps(ad[k].add(b * LANES));
-            for t in 0..TILE_ROWS {
-                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[t] * nb + b]));
-                acc[t][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t][k]), scale, acc[t][k]);
-            }
+            // As llama.cpp's batched K-quant products round: `d_w · Σ` first (less `dmin · Σ min · sum`, fused), then
+            // `fma(d_a, ·, acc)`.
+            let mut v: [__m512; TILE_ROWS] = std::array::from_fn(|t| {
+                _mm512_mul_ps(_mm512_set1_ps(p.d[rows[t] * nb + b]), _mm512_cvtepi32_ps(total[t][k]))
+            });
             if MIN {
                 // Σ min · (sum of the activations under it), a pair of sub-blocks per `vpdpwssd`.
                 let pairs = QK_K / SUB / 2;
@@ -268,15 +273,102 @@ unsafe fn tile_kquant<const SUB: usize, const MIN: bool, const P: usize>(
                     }
                 }
                 for t in 0..TILE_ROWS {
-                    let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.m[rows[t] * nb + b]));
-                    acc[t][k] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins[t]), scale, acc[t][k]);
+                    let dmin = _mm512_set1_ps(p.m[rows[t] * nb + b]);
+                    v[t] = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(mins[t]), v[t]);
                 }
+            }
+            let da = _mm512_loadu_ps(ad[k].add(b * LANES));
+            for t in 0..TILE_ROWS {
+                acc[t][k] = _mm512_fmadd_ps(da, v[t], acc[t][k]);
             }
         }
     }
     for t in 0..TILE_ROWS {
         for k in 0..P {
             _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), acc[t][k]);
+        }
+    }
+}
+
+/// Rows `r0..r0+count` of Q4_K against panels `g..g+P`, summed as llama.cpp's repacked Q4_K GEMM
+/// (`ggml_gemm_q4_K_8x8_q8_K`) sums them: per 64 values (two sub-blocks) one integer, added as
+/// `fma(·, d_w·d_a, acc)`; the minimums' integer over the same 64 values into an accumulator of their own with
+/// `dmin·d_a`; the result `acc − acc_min`. The last `rows % 4` activation rows go through its GEMV
+/// (`ggml_gemv_q4_K_8x8_q8_K`) instead, which adds one integer per super-block.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // rows index the accumulators and the output alike
+unsafe fn tile_q4k_repacked<const P: usize>(
+    p: &PackedRows,
+    r0: usize,
+    count: usize,
+    a: &ActPanels,
+    g: usize,
+    out: &mut Tile,
+) {
+    const R: usize = 2;
+    let (cols, nb) = (p.cols, p.nb);
+    let gemv_from = a.rows - a.rows % 4;
+    for k in 0..P {
+        let first = (g + k) * LANES;
+        let gemv = first + LANES > gemv_from && gemv_from < a.rows;
+        // Lanes (activation rows) of this panel that llama.cpp's GEMV computes.
+        let gemv_lanes: __mmask16 = if gemv { !0u16 << gemv_from.saturating_sub(first).min(LANES - 1) } else { 0 };
+        let aq = a.q.as_ptr().add((g + k) * cols * LANES);
+        let ad = a.d.as_ptr().add((g + k) * nb * LANES);
+        for t0 in (0..count).step_by(R) {
+            let rows: [usize; R] = std::array::from_fn(|i| r0 + (t0 + i).min(count - 1));
+            let zero = _mm512_setzero_ps();
+            let (mut acc, mut acc_min, mut whole, mut whole_min) = ([zero; R], [zero; R], [zero; R], [zero; R]);
+            for b in 0..nb {
+                let da = _mm512_loadu_ps(ad.add(b * LANES));
+                let scale: [__m512; R] =
+                    std::array::from_fn(|i| _mm512_mul_ps(da, _mm512_set1_ps(p.d[rows[i] * nb + b])));
+                let scale_min: [__m512; R] =
+                    std::array::from_fn(|i| _mm512_mul_ps(da, _mm512_set1_ps(p.m[rows[i] * nb + b])));
+                let mut total = [_mm512_setzero_si512(); R];
+                let mut total_min = [_mm512_setzero_si512(); R];
+                for half in 0..QK_K / 64 {
+                    let mut part: [__m512i; R] =
+                        std::array::from_fn(|i| _mm512_set1_epi32(p.corr64[(rows[i] * nb + b) * 4 + half]));
+                    for j in 2 * half..2 * half + 2 {
+                        let mut sums = [_mm512_setzero_si512(); R];
+                        for g4 in 0..8 {
+                            let at = (b * (QK_K / 4) + j * 8 + g4) * 64;
+                            let av = _mm512_loadu_si512(aq.add(at) as *const __m512i);
+                            for i in 0..R {
+                                let w = bcast4(p.q.as_ptr().add(rows[i] * cols + b * QK_K + j * 32 + g4 * 4));
+                                sums[i] = _mm512_dpbusd_epi32(sums[i], av, w);
+                            }
+                        }
+                        for i in 0..R {
+                            let sc = _mm512_set1_epi32(p.sc[(rows[i] * nb + b) * 16 + j]);
+                            part[i] = _mm512_add_epi32(part[i], _mm512_mullo_epi32(sums[i], sc));
+                        }
+                    }
+                    let bv = _mm512_loadu_si512(
+                        a.bsum32.as_ptr().add((((g + k) * nb + b) * 4 + half) * 2 * LANES) as *const __m512i
+                    );
+                    for i in 0..R {
+                        let m = _mm512_set1_epi32(p.mins[(rows[i] * nb + b) * 8 + half]);
+                        let mins = _mm512_dpwssd_epi32(_mm512_setzero_si512(), bv, m);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(part[i]), scale[i], acc[i]);
+                        acc_min[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), scale_min[i], acc_min[i]);
+                        total[i] = _mm512_add_epi32(total[i], part[i]);
+                        total_min[i] = _mm512_add_epi32(total_min[i], mins);
+                    }
+                }
+                if gemv {
+                    for i in 0..R {
+                        whole[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[i]), scale[i], whole[i]);
+                        whole_min[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total_min[i]), scale_min[i], whole_min[i]);
+                    }
+                }
+            }
+            for i in 0..R.min(count - t0) {
+                let gemm = _mm512_sub_ps(acc[i], acc_min[i]);
+                let v = _mm512_mask_blend_ps(gemv_lanes, gemm, _mm512_sub_ps(whole[i], whole_min[i]));
+                _mm512_storeu_ps(out[t0 + i][k * LANES..].as_mut_ptr(), v);
+            }
         }
     }
 }
@@ -300,6 +392,13 @@ pub unsafe fn tile(
     out: &mut Tile,
 ) {
     macro_rules! run {
+        ($f:ident) => {
+            if panels == 2 {
+                $f::<2>(p, r0, count, a, g, out)
+            } else {
+                $f::<1>(p, r0, count, a, g, out)
+            }
+        };
         ($f:ident::<$($c:tt),*>) => {
             if panels == 2 {
                 $f::<$($c,)* 2>(p, r0, count, a, g, out)
@@ -310,17 +409,14 @@ pub unsafe fn tile(
     }
     match ty {
         WeightType::Q4_1 | WeightType::Q5_1 => run!(tile_q32::<true>),
-        WeightType::Q4_0 => run!(tile_q32::<false>),
-        WeightType::Q5_0 | WeightType::Q8_0 | WeightType::IQ4_NL => {
-            if panels == 2 {
-                tile_q32_groups::<2>(p, r0, count, a, g, out)
-            } else {
-                tile_q32_groups::<1>(p, r0, count, a, g, out)
-            }
-        }
+        WeightType::Q4_0 | WeightType::IQ4_NL => run!(tile_q32::<false>),
+        WeightType::Q5_0 | WeightType::Q8_0 => run!(tile_q32_groups),
         WeightType::Q2_K => run!(tile_kquant::<16, true>),
         WeightType::Q3_K | WeightType::Q6_K => run!(tile_kquant::<16, false>),
-        WeightType::Q4_K | WeightType::Q5_K => run!(tile_kquant::<32, true>),
+        // llama.cpp repacks Q4_K for its GEMM when the matrix has a multiple of 8 rows.
+        WeightType::Q4_K if p.matrix_rows.is_multiple_of(8) => run!(tile_q4k_repacked),
+        WeightType::Q4_K => run!(tile_kquant::<32, true>),
+        WeightType::Q5_K => run!(tile_kquant::<32, true>),
         WeightType::F32 | WeightType::F16 | WeightType::BF16 => unreachable!("float types have no panel path"),
     }
 }

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::act::LayerInput;
-use super::blocks::{block32, dequantize_row};
+use super::blocks::{block32, dequantize_row, super_block};
 use super::dispatch::Isa;
 use super::matrix::WeightMatrix;
 use super::types::{ActFormat, WeightType};
@@ -134,7 +134,7 @@ fn prompt_sized_products_match_the_reference() {
     }
 }
 
-/// llama.cpp's batched product for Q8_0, Q5_0 and IQ4_NL (tinyBLAS), transcribed: per output, 8 float
+/// llama.cpp's batched product for Q8_0 and Q5_0 (tinyBLAS), transcribed: per output, 8 float
 /// accumulators, accumulator `l` adding each block's group of 4 values `l` as `fma(d_w · d_a, sum, acc)`, then
 /// the accumulators reduced as `hsum(__m256)` reduces them.
 fn tinyblas_q0(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
@@ -166,17 +166,64 @@ fn tinyblas_q0(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
 }
 
 #[test]
-fn prompt_products_of_q8_0_q5_0_and_iq4_nl_are_llama_cpps_to_the_bit() {
+fn prompt_products_of_q8_0_and_q5_0_are_llama_cpps_to_the_bit() {
     if !Isa::available().contains(&Isa::Avx512) {
         return; // the blocked GEMM is AVX-512 only; the row kernels are checked above
     }
-    for ty in [WeightType::Q8_0, WeightType::Q5_0, WeightType::IQ4_NL] {
+    for ty in [WeightType::Q8_0, WeightType::Q5_0] {
         let w = matrix(ty, 45, 160, 3);
         for m in [8, 16, 33] {
             let input = LayerInput::new(activations(m, 160, 4 + m as u64), m, 160);
             let mut y = vec![f32::NAN; m * 45];
             w.matmul_with(Isa::Avx512, &input, &mut y);
             let expected = tinyblas_q0(&w, &input);
+            for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
+                assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
+            }
+        }
+    }
+}
+
+/// llama.cpp's batched product for Q3_K, Q5_K and Q6_K, as its outputs show it rounds (fitted to its tensors,
+/// every output of a layer bit for bit): per super-block one integer `Σ scale · q · a`, multiplied by `d_w` first,
+/// less `dmin · Σ min · sum` in one rounding (Q5_K), then added as `fma(d_a, ·, acc)`.
+fn kquant_weight_scale_first(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
+    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
+    let q = input.quantized(ActFormat::Q8_K);
+    let mut y = vec![0f32; m * n];
+    for r in 0..n {
+        for i in 0..m {
+            let a = q.row(i);
+            let mut acc = 0f32;
+            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
+                let sb = super_block(ty, block);
+                let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
+                let total: i32 = (0..256).map(|e| sb.scale[e / sb.sub] * i32::from(sb.q[e]) * i32::from(qs[e])).sum();
+                let mut v = sb.d * total as f32;
+                if ty == WeightType::Q5_K {
+                    let mins: i32 = (0..8).map(|s| sb.min[s] * (bsums[2 * s] + bsums[2 * s + 1])).sum();
+                    v = (-sb.dmin).mul_add(mins as f32, v);
+                }
+                acc = a.d[b].mul_add(v, acc);
+            }
+            y[i * n + r] = acc;
+        }
+    }
+    y
+}
+
+#[test]
+fn prompt_products_of_q3_k_q5_k_and_q6_k_are_llama_cpps_to_the_bit() {
+    if !Isa::available().contains(&Isa::Avx512) {
+        return; // the blocked GEMM is AVX-512 only
+    }
+    for ty in [WeightType::Q3_K, WeightType::Q5_K, WeightType::Q6_K] {
+        let w = matrix(ty, 45, 512, 5);
+        for m in [8, 16, 33] {
+            let input = LayerInput::new(activations(m, 512, 6 + m as u64), m, 512);
+            let mut y = vec![f32::NAN; m * 45];
+            w.matmul_with(Isa::Avx512, &input, &mut y);
+            let expected = kquant_weight_scale_first(&w, &input);
             for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
                 assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
             }

@@ -9,7 +9,7 @@
 //!
 //! Each task unpacks a slice of weight rows once (`PackedRows`: signed bytes, scales, sums) and runs
 //! every activation panel against it, so the unpacking is paid once per `16 × panels` dot products.
-//! Every integer is the one llama.cpp's dot products compute. Q8_0, Q5_0 and IQ4_NL keep each block's 8
+//! Every integer is the one llama.cpp's dot products compute. Q8_0 and Q5_0 keep each block's 8
 //! groups of 4 apart, each with its own float accumulator, as llama.cpp's tinyBLAS does; the other types combine
 //! their floats per block (32) or super-block (256).
 
@@ -138,6 +138,8 @@ impl ActPanels {
 pub struct PackedRows {
     /// Rows held.
     pub rows: usize,
+    /// Rows of the whole matrix.
+    pub matrix_rows: usize,
     /// Elements per row.
     pub cols: usize,
     /// Blocks (32) or super-blocks (256) per row.
@@ -150,9 +152,12 @@ pub struct PackedRows {
     pub m: Vec<f32>,
     /// Per row and block: `−128 · Σ scale · Σw`, which cancels the activations' bias.
     pub corr: Vec<i32>,
-    /// Q8_0, Q5_0 and IQ4_NL, per row and block: for each group of 4 values (8 per block), the start of its
+    /// Q8_0 and Q5_0, per row and block: for each group of 4 values (8 per block), the start of its
     /// `vpdpbusd`: the same correction for the group, plus the bits that make the sum a float (`MAGIC_BITS`).
     pub corr4: Vec<i32>,
+    /// Q4_K, per row and super-block: `corr` for each 64 values (two sub-blocks), which llama.cpp's repacked
+    /// Q4_K GEMM converts and adds one at a time.
+    pub corr64: Vec<i32>,
     /// K-quants, per row and super-block: the 16 sub-block scales.
     pub sc: Vec<i32>,
     /// K-quants with minimums, per row and super-block: pairs of i16 minimums (for `vpdpwssd` with the pairs of
@@ -174,6 +179,7 @@ impl PackedRows {
             self.corr4.resize(blocks * 8, 0);
         }
         if block == QK_K {
+            self.corr64.resize(blocks * 4, 0);
             self.sc.resize(blocks * 16, 0);
             self.mins.resize(blocks * 8, 0);
         }
@@ -192,6 +198,7 @@ pub fn gemm(w: &WeightMatrix, x: &LayerInput, y: &mut [f32]) {
     (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each_init(PackedRows::default, |packed, task| {
         let rows = task * TASK_ROWS..n.min((task + 1) * TASK_ROWS);
         packed.reset(rows.len(), cols, block);
+        packed.matrix_rows = n;
         let src: Vec<&[u8]> = rows.clone().map(|r| w.row_bytes(r)).collect();
         // SAFETY: `worth_it` checked the CPU's AVX-512 VNNI; the rows hold `cols` values of `ty`.
         unsafe { k::pack(ty, &src, packed) };
