@@ -42,11 +42,14 @@ LOGIT_TOLERANCE = 0.5
 # so the distance to llama.cpp's batched answer is bounded by twice their disagreement, on top of the rule's 0.5.
 SELF_SPREAD_FACTOR = 2.0
 CLEAR_LEAD = 1.0
-# Weight types whose products we sum in llama.cpp's batched order (tinyBLAS for F32, F16, Q8_0 and Q5_0, the
-# repacked Q4_0 and Q4_K GEMMs, the 8-lane vec_dot that Q4_1 and Q5_1 take in batches too), and the real Gemma 3
-# file (Q5_0, Q8_0, Q4_K, Q6_K): with every other op at ggml's arithmetic, their prompt logits are llama.cpp's to the
-# last bits.
-EXACT_VARIANTS = {"F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "original-Q4_1", "original-Q4_K_M"}
+# Files whose products we sum as llama.cpp does (tinyBLAS for F32, F16, Q8_0 and Q5_0; the repacked Q4_0 and Q4_K
+# GEMMs; the 8-lane vec_dot that Q4_1 and Q5_1 take in batches too; Q3_K, Q5_K and Q6_K in its batched rounding, or
+# its vec_dot's lanes under 8 tokens): with every other op at ggml's arithmetic, their prompt logits are llama.cpp's
+# to the last bits. Not yet: BF16, and Q2_K tensors (llama.cpp's repacked AVX-512 GEMM).
+EXACT_VARIANTS = {
+    "F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "Q3_K_M", "Q4_K_M", "Q5_K_M", "original-Q4_1", "original-Q4_K_M",
+}  # fmt: skip
 EXACT_TOLERANCE = 1e-4
 CONTEXT = {"contextLength": 512}
 

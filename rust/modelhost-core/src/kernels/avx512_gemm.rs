@@ -82,6 +82,38 @@ unsafe fn pack_kquant<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
     }
 }
 
+/// Q3_K, Q5_K and Q6_K for `tile_kquant_lanes`: the unsigned values `vec_dot` multiplies, the scales as `(scale, 0)`
+/// pairs, Q5_K's minimums and Q6_K's offsets (`−32 · scale` of sub-blocks 2l and 2l+1) as pairs.
+#[inline(always)]
+unsafe fn pack_kquant_lanes<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
+    let (cols, nb) = (p.cols, p.nb);
+    let pair = |lo: i32, hi: i32| (lo & 0xffff) | (hi << 16);
+    for (r, row) in src.iter().enumerate() {
+        for b in 0..nb {
+            let blk = row.as_ptr().add(b * K::BYTES);
+            let scales = K::scales(blk);
+            let (sc, mn) = K::int_scales(&scales);
+            for c in 0..QK_K / 32 {
+                let (v, _) = K::chunk(blk, &scales, c);
+                _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK_K + c * 32) as *mut __m256i, v);
+            }
+            let i = r * nb + b;
+            let (d, dmin) = K::d_dmin(blk);
+            (p.d[i], p.m[i]) = (_mm256_cvtss_f32(d), _mm256_cvtss_f32(dmin));
+            for (to, s) in p.sc[i * 16..i * 16 + 16].iter_mut().zip(sc) {
+                *to = pair(s, 0);
+            }
+            for l in 0..8 {
+                p.mins[i * 8 + l] = match (K::HAS_MIN, K::SUB) {
+                    (true, _) if l < 4 => pair(mn[2 * l], mn[2 * l + 1]),
+                    (false, 16) => pair(-32 * sc[2 * l], -32 * sc[2 * l + 1]),
+                    _ => 0,
+                };
+            }
+        }
+    }
+}
+
 /// Unpack `src` (rows of `ty`, `p.cols` values each) into `p` (already sized by `reset`).
 ///
 /// # Safety
@@ -96,6 +128,9 @@ pub unsafe fn pack(ty: WeightType, src: &[&[u8]], p: &mut PackedRows) {
         WeightType::Q8_0 => pack_q32::<Q8_0>(src, p),
         WeightType::IQ4_NL => pack_q32::<Iq4Nl>(src, p),
         WeightType::Q2_K => pack_kquant::<Q2K>(src, p),
+        WeightType::Q3_K if p.vec_dot_lanes => pack_kquant_lanes::<Q3K>(src, p),
+        WeightType::Q5_K if p.vec_dot_lanes => pack_kquant_lanes::<Q5K>(src, p),
+        WeightType::Q6_K if p.vec_dot_lanes => pack_kquant_lanes::<Q6K>(src, p),
         WeightType::Q3_K => pack_kquant::<Q3K>(src, p),
         WeightType::Q4_K => pack_kquant::<Q45K<false>>(src, p),
         WeightType::Q5_K => pack_kquant::<Q45K<true>>(src, p),
@@ -290,6 +325,88 @@ unsafe fn tile_kquant<const SUB: usize, const MIN: bool, const P: usize>(
     }
 }
 
+/// Q5_K, as one type name (for `tile`'s dispatch).
+type Q5K = Q45K<true>;
+
+/// Rows `r0..r0+count` of Q3_K, Q5_K or Q6_K against panels `g..g+P` for prompts of fewer than 8 activation rows,
+/// where llama.cpp takes `vec_dot_q{3,5,6}_K_q8_K` (AVX2): per super-block 8 integer lanes, lane `l` adding values
+/// `4l..4l+4` of every 32 times their sub-block's scale (Q3_K's values signed; Q6_K's unsigned, its lanes less
+/// `32 · scale · sum` of sub-blocks `2l` and `2l+1`); each lane converted and added as `fma(d_a·d_w, lane, acc)`;
+/// at the end the lanes reduced as `hsum_float_8`, plus Q5_K's minimums, summed apart as
+/// `fma(−d_a·dmin, Σ min · sum, summs)`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // lanes index the integer and the float accumulators alike
+unsafe fn tile_kquant_lanes<K: KQuant, const P: usize>(
+    p: &PackedRows,
+    r0: usize,
+    count: usize,
+    a: &ActPanels,
+    g: usize,
+    out: &mut Tile,
+) {
+    let (cols, nb) = (p.cols, p.nb);
+    let (q3k, q6k) = (K::OFFSET == 4, K::OFFSET == 32);
+    // The activations are stored biased to unsigned; `vec_dot` multiplies unsigned weights by signed activations.
+    let unbias = _mm512_set1_epi8(-128);
+    let fours = _mm512_set1_epi8(4);
+    for k in 0..P {
+        let aq = a.q.as_ptr().add((g + k) * cols * LANES);
+        let ad = a.d.as_ptr().add((g + k) * nb * LANES);
+        for t in 0..count {
+            let row = r0 + t;
+            let mut acc = [_mm512_setzero_ps(); 8];
+            let mut summs = _mm512_setzero_ps();
+            for b in 0..nb {
+                let i = row * nb + b;
+                let mut lanes = [_mm512_setzero_si512(); 8];
+                if q6k {
+                    let bsum = a.bsum.as_ptr().add(((g + k) * nb + b) * 8 * 2 * LANES);
+                    for l in 0..8 {
+                        let bv = _mm512_loadu_si512(bsum.add(l * 2 * LANES) as *const __m512i);
+                        lanes[l] = _mm512_dpwssd_epi32(lanes[l], bv, _mm512_set1_epi32(p.mins[i * 8 + l]));
+                    }
+                }
+                for c in 0..QK_K / 32 {
+                    for l in 0..8 {
+                        let g4 = c * 8 + l;
+                        let av = _mm512_loadu_si512(aq.add((b * (QK_K / 4) + g4) * 64) as *const __m512i);
+                        let av = _mm512_xor_si512(av, unbias);
+                        let w = bcast4(p.q.as_ptr().add(row * cols + b * QK_K + g4 * 4));
+                        let mut sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, av);
+                        if q3k {
+                            // Q3_K's values are the unsigned ones less 4.
+                            sum = _mm512_sub_epi32(sum, _mm512_dpbusd_epi32(_mm512_setzero_si512(), fours, av));
+                        }
+                        let s = if K::SUB == 32 { c } else { 2 * c + l / 4 };
+                        lanes[l] = _mm512_dpwssd_epi32(lanes[l], sum, _mm512_set1_epi32(p.sc[i * 16 + s]));
+                    }
+                }
+                let da = _mm512_loadu_ps(ad.add(b * LANES));
+                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[i]));
+                for l in 0..8 {
+                    acc[l] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(lanes[l]), acc[l]);
+                }
+                if K::HAS_MIN {
+                    let bsum = a.bsum32.as_ptr().add(((g + k) * nb + b) * 4 * 2 * LANES);
+                    let mut mins = _mm512_setzero_si512();
+                    for pair in 0..4 {
+                        let bv = _mm512_loadu_si512(bsum.add(pair * 2 * LANES) as *const __m512i);
+                        mins = _mm512_dpwssd_epi32(mins, bv, _mm512_set1_epi32(p.mins[i * 8 + pair]));
+                    }
+                    let dmin = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), da), _mm512_set1_ps(p.m[i]));
+                    summs = _mm512_fmadd_ps(dmin, _mm512_cvtepi32_ps(mins), summs);
+                }
+            }
+            let h: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(acc[j + 4], acc[j]));
+            let mut sum = _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]));
+            if K::HAS_MIN {
+                sum = _mm512_add_ps(sum, summs);
+            }
+            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), sum);
+        }
+    }
+}
+
 /// Rows `r0..r0+count` of Q4_K against panels `g..g+P`, summed as llama.cpp's repacked Q4_K GEMM
 /// (`ggml_gemm_q4_K_8x8_q8_K`) sums them: per 64 values (two sub-blocks) one integer, added as
 /// `fma(·, d_w·d_a, acc)`; the minimums' integer over the same 64 values into an accumulator of their own with
@@ -412,6 +529,10 @@ pub unsafe fn tile(
         WeightType::Q4_0 | WeightType::IQ4_NL => run!(tile_q32::<false>),
         WeightType::Q5_0 | WeightType::Q8_0 => run!(tile_q32_groups),
         WeightType::Q2_K => run!(tile_kquant::<16, true>),
+        // llama.cpp sums these types another way for fewer than 8 activation rows (`PackedRows::vec_dot_lanes`).
+        WeightType::Q3_K if p.vec_dot_lanes => run!(tile_kquant_lanes::<Q3K>),
+        WeightType::Q5_K if p.vec_dot_lanes => run!(tile_kquant_lanes::<Q5K>),
+        WeightType::Q6_K if p.vec_dot_lanes => run!(tile_kquant_lanes::<Q6K>),
         WeightType::Q3_K | WeightType::Q6_K => run!(tile_kquant::<16, false>),
         // llama.cpp repacks Q4_K for its GEMM when the matrix has a multiple of 8 rows.
         WeightType::Q4_K if p.matrix_rows.is_multiple_of(8) => run!(tile_q4k_repacked),

@@ -212,6 +212,47 @@ fn kquant_weight_scale_first(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
     y
 }
 
+/// llama.cpp's `vec_dot_q3_K_q8_K`, `vec_dot_q5_K_q8_K` and `vec_dot_q6_K_q8_K` (AVX2), which it takes for prompts of
+/// fewer than 8 rows, transcribed: per super-block 8 integer lanes, lane `l` taking values `4l..4l+4` of every 32
+/// times their sub-block's scale (Q6_K's values unsigned, its lanes less `32 · scale · sum` of sub-blocks `2l` and
+/// `2l+1`); `fma(d_a·d_w, lane, acc)` per lane; `hsum_float_8`, plus Q5_K's minimums summed apart.
+fn kquant_vec_dot(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
+    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
+    let q = input.quantized(ActFormat::Q8_K);
+    let mut y = vec![0f32; m * n];
+    for r in 0..n {
+        for i in 0..m {
+            let a = q.row(i);
+            let (mut acc, mut summs) = ([0f32; 8], 0f32);
+            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
+                let sb = super_block(ty, block);
+                let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
+                let offset = if ty == WeightType::Q6_K { 32 } else { 0 };
+                for (l, acc) in acc.iter_mut().enumerate() {
+                    let mut lane = 0i32;
+                    for c in 0..8 {
+                        let at = 32 * c + 4 * l;
+                        let s = if sb.sub == 16 { sb.scale[2 * c + l / 4] } else { sb.scale[c] };
+                        let dot: i32 = (at..at + 4).map(|e| (i32::from(sb.q[e]) + offset) * i32::from(qs[e])).sum();
+                        lane += s * dot;
+                    }
+                    if offset != 0 {
+                        lane -= 32 * (bsums[2 * l] * sb.scale[2 * l] + bsums[2 * l + 1] * sb.scale[2 * l + 1]);
+                    }
+                    *acc = (a.d[b] * sb.d).mul_add(lane as f32, *acc);
+                }
+                if ty == WeightType::Q5_K {
+                    let mins: i32 = (0..8).map(|s| sb.min[s] * (bsums[2 * s] + bsums[2 * s + 1])).sum();
+                    summs = (-a.d[b] * sb.dmin).mul_add(mins as f32, summs);
+                }
+            }
+            let h: [f32; 4] = std::array::from_fn(|j| acc[j + 4] + acc[j]);
+            y[i * n + r] = (h[0] + h[2]) + (h[1] + h[3]) + summs;
+        }
+    }
+    y
+}
+
 #[test]
 fn prompt_products_of_q3_k_q5_k_and_q6_k_are_llama_cpps_to_the_bit() {
     if !Isa::available().contains(&Isa::Avx512) {
@@ -219,11 +260,11 @@ fn prompt_products_of_q3_k_q5_k_and_q6_k_are_llama_cpps_to_the_bit() {
     }
     for ty in [WeightType::Q3_K, WeightType::Q5_K, WeightType::Q6_K] {
         let w = matrix(ty, 45, 512, 5);
-        for m in [8, 16, 33] {
+        for m in [1, 5, 7, 8, 16, 33] {
             let input = LayerInput::new(activations(m, 512, 6 + m as u64), m, 512);
             let mut y = vec![f32::NAN; m * 45];
-            w.matmul_with(Isa::Avx512, &input, &mut y);
-            let expected = kquant_weight_scale_first(&w, &input);
+            super::panel::forward_pass(true, || w.matmul_with(Isa::Avx512, &input, &mut y));
+            let expected = if m < 8 { kquant_vec_dot(&w, &input) } else { kquant_weight_scale_first(&w, &input) };
             for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
                 assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
             }

@@ -25,6 +25,8 @@ use super::types::{ActFormat, WeightType, QK, QK_K};
 pub const LANES: usize = 16;
 /// Weight rows each task unpacks and runs against every panel.
 const TASK_ROWS: usize = 32;
+/// Fewer activation rows than this take llama.cpp's `vec_dot` rounding for Q3_K, Q5_K and Q6_K (as its outputs show).
+const VEC_DOT_BELOW: usize = 8;
 /// Fewer activation rows than this go through the row kernels outside a prompt pass (the GEMM's lanes would
 /// mostly idle).
 const MIN_ROWS: usize = 8;
@@ -140,6 +142,9 @@ pub struct PackedRows {
     pub rows: usize,
     /// Rows of the whole matrix.
     pub matrix_rows: usize,
+    /// Q3_K, Q5_K, Q6_K times fewer than 8 activation rows: held and summed as llama.cpp's `vec_dot` sums them
+    /// (8 integer lanes per super-block), which it takes for so few rows instead of its batched rounding.
+    pub vec_dot_lanes: bool,
     /// Elements per row.
     pub cols: usize,
     /// Blocks (32) or super-blocks (256) per row.
@@ -199,6 +204,8 @@ pub fn gemm(w: &WeightMatrix, x: &LayerInput, y: &mut [f32]) {
         let rows = task * TASK_ROWS..n.min((task + 1) * TASK_ROWS);
         packed.reset(rows.len(), cols, block);
         packed.matrix_rows = n;
+        packed.vec_dot_lanes =
+            panels.rows < VEC_DOT_BELOW && matches!(ty, WeightType::Q3_K | WeightType::Q5_K | WeightType::Q6_K);
         let src: Vec<&[u8]> = rows.clone().map(|r| w.row_bytes(r)).collect();
         // SAFETY: `worth_it` checked the CPU's AVX-512 VNNI; the rows hold `cols` values of `ty`.
         unsafe { k::pack(ty, &src, packed) };
