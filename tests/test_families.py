@@ -42,12 +42,12 @@ LOGIT_TOLERANCE = 0.5
 # so the distance to llama.cpp's batched answer is bounded by twice their disagreement, on top of the rule's 0.5.
 SELF_SPREAD_FACTOR = 2.0
 CLEAR_LEAD = 1.0
-# Files whose products we sum as llama.cpp does (tinyBLAS for F32, F16, Q8_0 and Q5_0; the repacked Q4_0 and Q4_K
-# GEMMs; the 8-lane vec_dot that Q4_1 and Q5_1 take in batches too; Q3_K, Q5_K and Q6_K in its batched rounding, or
-# its vec_dot's lanes under 8 tokens): with every other op at ggml's arithmetic, their prompt logits are llama.cpp's
-# to the last bits. Not yet: BF16, and Q2_K tensors (llama.cpp's repacked AVX-512 GEMM).
+# Files whose products we sum as llama.cpp does (tinyBLAS for F32, F16, Q8_0 and Q5_0; the repacked Q4_0, Q4_K and
+# Q2_K GEMMs and GEMVs; the 8-lane vec_dot that Q4_1 and Q5_1 take in batches too; Q3_K, Q5_K and Q6_K in its
+# batched rounding, or its vec_dot's lanes under 8 tokens): with every other op at ggml's arithmetic, their prompt
+# logits are llama.cpp's to the last bits. Not yet: BF16 (llama.cpp's tinyBLAS uses vdpbf16ps).
 EXACT_VARIANTS = {
-    "F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
     "Q3_K_M", "Q4_K_M", "Q5_K_M", "original-Q4_1", "original-Q4_K_M",
 }  # fmt: skip
 EXACT_TOLERANCE = 1e-4

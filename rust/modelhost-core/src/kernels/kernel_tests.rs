@@ -272,6 +272,67 @@ fn prompt_products_of_q3_k_q5_k_and_q6_k_are_llama_cpps_to_the_bit() {
     }
 }
 
+/// llama.cpp's repacked Q4_K and Q2_K GEMMs (`ggml_gemm_q{4,2}_K_8x8_q8_K`), transcribed: one integer per part of a
+/// super-block (Q4_K: 64 values, Q2_K: 128) added as `fma(·, d_w·d_a, acc)`, the minimums' per part into an
+/// accumulator of their own, `acc − acc_min`; the last `rows % 4` rows as its GEMVs, one integer per super-block.
+fn kquant_repacked(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
+    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
+    let q = input.quantized(ActFormat::Q8_K);
+    let part = if ty == WeightType::Q4_K { 64 } else { 128 };
+    let mut y = vec![0f32; m * n];
+    for r in 0..n {
+        for i in 0..m {
+            let a = q.row(i);
+            let gemv = i >= m - m % 4;
+            let (mut acc, mut acc_min) = (0f32, 0f32);
+            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
+                let sb = super_block(ty, block);
+                let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
+                let sums: Vec<(i32, i32)> = (0..256 / part)
+                    .map(|pt| {
+                        let values = pt * part..(pt + 1) * part;
+                        let dot = values.clone().map(|e| sb.scale[e / sb.sub] * i32::from(sb.q[e]) * i32::from(qs[e]));
+                        let subs = pt * part / sb.sub..(pt + 1) * part / sb.sub;
+                        let per16 = sb.sub / 16;
+                        let mins = subs.map(|s| sb.min[s] * bsums[s * per16..(s + 1) * per16].iter().sum::<i32>());
+                        (dot.sum(), mins.sum())
+                    })
+                    .collect();
+                let (d, dmin) = (sb.d * a.d[b], sb.dmin * a.d[b]);
+                if gemv {
+                    let (t, mn) = sums.iter().fold((0, 0), |(t, mn), (x, y)| (t + x, mn + y));
+                    (acc, acc_min) = ((t as f32).mul_add(d, acc), (mn as f32).mul_add(dmin, acc_min));
+                } else {
+                    for &(t, mn) in &sums {
+                        (acc, acc_min) = ((t as f32).mul_add(d, acc), (mn as f32).mul_add(dmin, acc_min));
+                    }
+                }
+            }
+            y[i * n + r] = acc - acc_min;
+        }
+    }
+    y
+}
+
+#[test]
+fn prompt_products_of_q4_k_and_q2_k_are_llama_cpps_repacked_gemms_to_the_bit() {
+    if !Isa::available().contains(&Isa::Avx512) {
+        return; // the blocked GEMM is AVX-512 only
+    }
+    for ty in [WeightType::Q4_K, WeightType::Q2_K] {
+        let w = matrix(ty, 48, 512, 7); // llama.cpp repacks matrices of 8k rows
+        for m in [1, 3, 5, 8, 10, 16, 33] {
+            let input = LayerInput::new(activations(m, 512, 8 + m as u64), m, 512);
+            let mut y = vec![f32::NAN; m * 48];
+            super::panel::forward_pass(true, || w.matmul_with(Isa::Avx512, &input, &mut y));
+            let expected = kquant_repacked(&w, &input);
+            for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
+                assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn dequantized_rows_follow_the_block_layout() {
     // Q4_0 block: scale 0.5, nibbles 0x21 → element 0 = (1 − 8)·0.5, element 16 = (2 − 8)·0.5.

@@ -75,6 +75,8 @@ pub struct ActPanels {
     pub cols: usize,
     /// Per panel: `cols / 4` runs of 16 rows × 4 biased bytes.
     pub q: Vec<u8>,
+    /// Q8_K: the same bytes unbiased (signed), for the kernels that take the weights as the unsigned operand.
+    pub signed: Vec<i8>,
     /// Per panel and block: 16 rows' scales.
     pub d: Vec<f32>,
     /// Q8_1: per panel and block, 16 rows' `d·Σq`.
@@ -96,6 +98,7 @@ impl ActPanels {
             rows: m,
             cols: k,
             q: vec![0x80; groups * k * LANES],
+            signed: if q.format == ActFormat::Q8_K { vec![0; groups * k * LANES] } else { Vec::new() },
             d: vec![0.0; groups * nb * LANES],
             s: if q.s.is_empty() { Vec::new() } else { vec![0.0; groups * nb * LANES] },
             bsum: if q.format == ActFormat::Q8_K { vec![0; groups * nb * 8 * 2 * LANES] } else { Vec::new() },
@@ -108,6 +111,12 @@ impl ActPanels {
             for (k4, bytes) in a.qs.chunks_exact(4).enumerate() {
                 for (j, &v) in bytes.iter().enumerate() {
                     panel[k4 * 4 * LANES + l * 4 + j] = (v as u8) ^ 0x80;
+                }
+            }
+            if !p.signed.is_empty() {
+                let panel = &mut p.signed[g * k * LANES..(g + 1) * k * LANES];
+                for (k4, bytes) in a.qs.chunks_exact(4).enumerate() {
+                    panel[k4 * 4 * LANES + l * 4..][..4].copy_from_slice(bytes);
                 }
             }
             for b in 0..nb {
@@ -160,9 +169,9 @@ pub struct PackedRows {
     /// Q8_0 and Q5_0, per row and block: for each group of 4 values (8 per block), the start of its
     /// `vpdpbusd`: the same correction for the group, plus the bits that make the sum a float (`MAGIC_BITS`).
     pub corr4: Vec<i32>,
-    /// Q4_K, per row and super-block: `corr` for each 64 values (two sub-blocks), which llama.cpp's repacked
-    /// Q4_K GEMM converts and adds one at a time.
-    pub corr64: Vec<i32>,
+    /// K-quants, per row and super-block: `corr` for each part that llama.cpp's repacked GEMMs convert and add one
+    /// at a time (Q4_K: 4 parts of 64 values; Q2_K: 2 of 128, the other two entries unused).
+    pub corr_part: Vec<i32>,
     /// K-quants, per row and super-block: the 16 sub-block scales.
     pub sc: Vec<i32>,
     /// K-quants with minimums, per row and super-block: pairs of i16 minimums (for `vpdpwssd` with the pairs of
@@ -184,7 +193,7 @@ impl PackedRows {
             self.corr4.resize(blocks * 8, 0);
         }
         if block == QK_K {
-            self.corr64.resize(blocks * 4, 0);
+            self.corr_part.resize(blocks * 4, 0);
             self.sc.resize(blocks * 16, 0);
             self.mins.resize(blocks * 8, 0);
         }
