@@ -126,9 +126,32 @@ impl WeightMatrix {
         if super::panel::worth_it(isa, self.ty, x.rows()) {
             return super::panel::gemm(self, x, y);
         }
-        let kernel = RowKernel::new(self.ty, isa);
         let out = SharedOut(y.as_mut_ptr());
         let m = x.rows();
+        #[cfg(target_arch = "x86_64")]
+        if self.ty == WeightType::BF16
+            && isa == Isa::Avx512
+            && self.cols.is_multiple_of(32)
+            && super::avx512_bf16::available()
+        {
+            // llama.cpp's own instruction, in its order for one activation row or several.
+            use super::avx512_bf16 as bf;
+            let acts = x.floats(format);
+            let act = |i: usize| &acts[i * self.cols..(i + 1) * self.cols];
+            let dot = |r: usize, i0: usize, tile: usize, o: &mut [f32]| {
+                let w = self.row_bytes(r);
+                // SAFETY: `available` checked the CPU; the row holds `cols` bf16 values, `cols` a multiple of 32.
+                unsafe {
+                    match tile {
+                        _ if m == 1 => o[0] = bf::dot(w, act(i0), true),
+                        4 => bf::dot_rows::<4>(w, &[act(i0), act(i0 + 1), act(i0 + 2), act(i0 + 3)], o),
+                        _ => (0..tile).for_each(|t| o[t] = bf::dot(w, act(i0 + t), false)),
+                    }
+                }
+            };
+            return self.par_rows(m, dot, &out);
+        }
+        let kernel = RowKernel::new(self.ty, isa);
         match format {
             ActFormat::F32 | ActFormat::F16 | ActFormat::BF16 => {
                 let acts = x.floats(format);

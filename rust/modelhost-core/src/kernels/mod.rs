@@ -7,7 +7,8 @@
 //!   it) and read by every matrix of that format. Per instruction set, chosen at run time (`dispatch`):
 //!   `scalar` (the reference; `blocks` decodes the block layouts), `avx2_q32` / `avx2_kquant` /
 //!   `avx2_float` (one weight row against a few activation rows, in AVX2, AVX-VNNI or AVX-512 VNNI
-//!   flavours), and for prompts the AVX-512 VNNI blocked GEMM (`panel`, `avx512_gemm`).
+//!   flavours), for prompts the AVX-512 VNNI blocked GEMM (`panel`, `avx512_gemm`), and BF16 with AVX-512 BF16
+//!   (`avx512_bf16`).
 //! - `f16_attention`: causal attention over the f16 KV cache, at llama.cpp's precision.
 //! - Dense f32 kernels for the embedding encoder: `f32_matmul` (gemm and a short-batch kernel),
 //!   `f32_attention`, `f32_ops` (layer norm, activations), over the reductions in `f32_simd`; `f32_avx512`
@@ -24,6 +25,8 @@ mod avx2_float;
 mod avx2_kquant;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q32;
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx512_gemm;
 pub mod blocks;
