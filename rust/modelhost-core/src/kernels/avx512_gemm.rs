@@ -429,7 +429,7 @@ unsafe fn tile_kquant_repacked<const SUB: usize, const P: usize>(
     let aq: [*const u8; P] = std::array::from_fn(|k| a.q.as_ptr().add((g + k) * cols * LANES));
     let ad: [*const f32; P] = std::array::from_fn(|k| a.d.as_ptr().add((g + k) * nb * LANES));
     // Lanes (activation rows) of each panel that llama.cpp's GEMV computes.
-    let gemv_from = a.rows - a.rows % 4;
+    let gemv_from = p.gemv_from;
     let gemv_lanes: [__mmask16; P] = std::array::from_fn(|k| {
         let first = (g + k) * LANES;
         if first + LANES > gemv_from && gemv_from < a.rows {
@@ -643,7 +643,7 @@ pub unsafe fn tile(
         // llama.cpp repacks Q4_K and (with AVX-512) Q2_K for its GEMM when the matrix has a multiple of 8 rows.
         WeightType::Q4_K | WeightType::Q2_K if p.matrix_rows.is_multiple_of(8) => {
             // Only the panel holding the GEMV rows (the last `rows % 4`) takes the integer kernel.
-            let gemv_from = a.rows - a.rows % 4;
+            let gemv_from = p.gemv_from;
             let gemv = |panel: usize| (panel + 1) * LANES > gemv_from && gemv_from < a.rows;
             let q4k = ty == WeightType::Q4_K;
             let gemm_panels = (0..panels).take_while(|&k| !gemv(g + k)).count();

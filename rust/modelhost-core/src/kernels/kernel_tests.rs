@@ -263,7 +263,9 @@ fn prompt_products_of_q3_k_q5_k_and_q6_k_are_llama_cpps_to_the_bit() {
         for m in [1, 5, 7, 8, 16, 33] {
             let input = LayerInput::new(activations(m, 512, 6 + m as u64), m, 512);
             let mut y = vec![f32::NAN; m * 45];
-            super::panel::forward_pass(true, || w.matmul_with(Isa::Avx512, &input, &mut y));
+            super::panel::forward_pass(Some(super::pool::PromptRows { first: 0, total: m, chunk: m }), || {
+                w.matmul_with(Isa::Avx512, &input, &mut y)
+            });
             let expected = if m < 8 { kquant_vec_dot(&w, &input) } else { kquant_weight_scale_first(&w, &input) };
             for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
                 assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
@@ -324,7 +326,9 @@ fn prompt_products_of_q4_k_and_q2_k_are_llama_cpps_repacked_gemms_to_the_bit() {
         for m in [1, 3, 5, 8, 10, 16, 33] {
             let input = LayerInput::new(activations(m, 512, 8 + m as u64), m, 512);
             let mut y = vec![f32::NAN; m * 48];
-            super::panel::forward_pass(true, || w.matmul_with(Isa::Avx512, &input, &mut y));
+            super::panel::forward_pass(Some(super::pool::PromptRows { first: 0, total: m, chunk: m }), || {
+                w.matmul_with(Isa::Avx512, &input, &mut y)
+            });
             let expected = kquant_repacked(&w, &input);
             for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
                 assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");

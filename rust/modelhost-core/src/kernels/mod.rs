@@ -50,4 +50,4 @@ pub mod types;
 #[cfg(test)]
 mod vector_tests;
 
-pub use pool::{run_pass, Pass};
+pub use pool::{run_pass, Pass, PromptRows};

@@ -19,6 +19,7 @@ use super::act::{LayerInput, QuantizedActs};
 use super::avx512_gemm as k;
 use super::dispatch::Isa;
 use super::matrix::{SharedOut, WeightMatrix};
+use super::pool::PromptRows;
 use super::types::{ActFormat, WeightType, QK, QK_K};
 
 /// Activation rows per panel (zmm lanes).
@@ -33,25 +34,25 @@ const MIN_ROWS: usize = 8;
 
 thread_local! {
     /// Set while this thread runs a prompt's forward pass (`forward_pass`).
-    static IN_PROMPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PROMPT: std::cell::Cell<Option<PromptRows>> = const { std::cell::Cell::new(None) };
 }
 
 /// Run `f`, a forward pass over prompt tokens (`prompt`) or one generated token: in a prompt pass every quantized
 /// product takes the GEMM, however few its rows; in a decoding pass, the row kernels.
 ///
-/// The GEMM and the row kernels round differently (one float per block vs llama.cpp's per-lane sums), so if the
-/// choice followed the row count, a prompt token's logits would depend on how much of the prompt was already
-/// cached. With the choice made per pass, a prompt gives the same logits whether evaluated whole, in chunks or
-/// after a cached prefix. Every pass sets the flag (and restores it), since a worker waiting inside one pass may
-/// run another instance's whole pass.
-pub fn forward_pass<R>(prompt: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
+/// The GEMM and the row kernels round differently (llama.cpp's batched and token-by-token paths differ too), so if
+/// the choice followed the row count, a prompt token's logits would depend on how much of the prompt was already
+/// cached. With the choice made per pass, and the row-count-dependent roundings placed by the token's position in
+/// the prompt (`PromptRows`), a prompt gives the same logits whether evaluated whole or in chunks. Every pass sets
+/// the flag (and restores it), since a worker waiting inside one pass may run another instance's whole pass.
+pub fn forward_pass<R>(prompt: Option<PromptRows>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<PromptRows>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            IN_PROMPT.set(self.0);
+            PROMPT.set(self.0);
         }
     }
-    let _restore = Restore(IN_PROMPT.replace(prompt));
+    let _restore = Restore(PROMPT.replace(prompt));
     f()
 }
 
@@ -60,7 +61,7 @@ pub fn forward_pass<R>(prompt: bool, f: impl FnOnce() -> R) -> R {
 /// kernels sum in the same order, so a prompt's logits are llama.cpp's to the last bit.
 pub fn worth_it(isa: Isa, ty: WeightType, m: usize) -> bool {
     isa == Isa::Avx512
-        && (m >= MIN_ROWS || IN_PROMPT.get())
+        && (m >= MIN_ROWS || PROMPT.get().is_some())
         && !matches!(ty, WeightType::F32 | WeightType::F16 | WeightType::BF16 | WeightType::Q4_1 | WeightType::Q5_1)
 }
 
@@ -151,6 +152,8 @@ pub struct PackedRows {
     pub rows: usize,
     /// Rows of the whole matrix.
     pub matrix_rows: usize,
+    /// Q4_K and Q2_K: the first activation row that llama.cpp's GEMV computes (the last `rows % 4` of its batch).
+    pub gemv_from: usize,
     /// Q3_K, Q5_K, Q6_K times fewer than 8 activation rows: held and summed as llama.cpp's `vec_dot` sums them
     /// (8 integer lanes per super-block), which it takes for so few rows instead of its batched rounding.
     pub vec_dot_lanes: bool,
@@ -209,12 +212,19 @@ pub fn gemm(w: &WeightMatrix, x: &LayerInput, y: &mut [f32]) {
     assert_eq!(panels.cols, cols, "activation width");
     let out = SharedOut(y.as_mut_ptr());
     let block = if format == ActFormat::Q8_K { QK_K } else { QK };
+    // The rows as llama.cpp's batch would hold them: this pass's place in the prompt for the layers' products, the
+    // product's own rows for the rest (the output head of a prompt pass takes only its last row, as llama.cpp's).
+    let (first, total) = match PROMPT.get() {
+        Some(p) if p.chunk == panels.rows => (p.first, p.total),
+        _ => (0, panels.rows),
+    };
     (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each_init(PackedRows::default, |packed, task| {
         let rows = task * TASK_ROWS..n.min((task + 1) * TASK_ROWS);
         packed.reset(rows.len(), cols, block);
         packed.matrix_rows = n;
         packed.vec_dot_lanes =
-            panels.rows < VEC_DOT_BELOW && matches!(ty, WeightType::Q3_K | WeightType::Q5_K | WeightType::Q6_K);
+            total < VEC_DOT_BELOW && matches!(ty, WeightType::Q3_K | WeightType::Q5_K | WeightType::Q6_K);
+        packed.gemv_from = (total - total % 4).saturating_sub(first);
         let src: Vec<&[u8]> = rows.clone().map(|r| w.row_bytes(r)).collect();
         // SAFETY: `worth_it` checked the CPU's AVX-512 VNNI; the rows hold `cols` values of `ty`.
         unsafe { k::pack(ty, &src, packed) };

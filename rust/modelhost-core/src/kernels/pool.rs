@@ -6,7 +6,7 @@ pub enum Pass {
     /// Prompt tokens of a language model: the quantized products on the GEMM where it takes their type (see
     /// `panel::forward_pass` and `panel::worth_it`), the workers left to sleep between its loops, which are
     /// long enough that polling would only burn a core.
-    Prompt,
+    Prompt(PromptRows),
     /// One generated token: the row kernels, and the workers kept awake through its ~200 short loops, where a
     /// sleeping worker's wake-up would cost most.
     Decode,
@@ -15,11 +15,28 @@ pub enum Pass {
     Encode,
 }
 
+/// Where a prompt pass's tokens sit in the prompt evaluated: llama.cpp rounds some products by the row count of
+/// its batch (its GEMV for the last `rows % 4` rows of Q4_K and Q2_K, `vec_dot` for Q3_K, Q5_K and Q6_K under 8
+/// rows), and the kernels follow it as for the whole prompt in one batch, whatever chunks it is evaluated in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptRows {
+    /// This pass's first token, counted in the prompt.
+    pub first: usize,
+    /// The prompt's tokens (those evaluated, after any cached prefix).
+    pub total: usize,
+    /// This pass's tokens.
+    pub chunk: usize,
+}
+
 /// Run the forward pass `f` of kind `pass` on the pool (see `on_pool`), with the kernels it takes.
 pub fn run_pass<R: Send>(pass: Pass, f: impl FnOnce() -> R + Send) -> R {
-    on_pool(pass != Pass::Prompt, || {
+    let prompt = match pass {
+        Pass::Prompt(rows) => Some(rows),
+        Pass::Decode | Pass::Encode => None,
+    };
+    on_pool(prompt.is_none(), || {
         #[cfg(target_arch = "x86_64")]
-        return super::panel::forward_pass(pass == Pass::Prompt, f);
+        return super::panel::forward_pass(prompt, f);
         #[cfg(not(target_arch = "x86_64"))]
         f()
     })

@@ -21,7 +21,7 @@ use super::{Architecture, Decoder};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufHeader, Value};
 use crate::host::placement::Placement;
-use crate::kernels::Pass;
+use crate::kernels::{Pass, PromptRows};
 use crate::storage::{self, FileBytes, LockedPages, MappedFile, PageLock, Progress, ProgressFn};
 use crate::text::{ChatMessage, ChatTemplate, GgufTokenizer};
 
@@ -227,14 +227,9 @@ impl LlmModel {
         session.cached.clear();
         let mut out = Vec::with_capacity(tokens.len() * self.params.vocab);
         for (c, chunk) in tokens.chunks(session.eval_batch_size).enumerate() {
-            let logits = self.forward(
-                &mut session.cache,
-                &session.ropes,
-                chunk,
-                c * session.eval_batch_size,
-                true,
-                Pass::Prompt,
-            )?;
+            let first = c * session.eval_batch_size;
+            let rows = PromptRows { first, total: tokens.len(), chunk: chunk.len() };
+            let logits = self.forward(&mut session.cache, &session.ropes, chunk, first, true, Pass::Prompt(rows))?;
             out.extend(logits.flatten_all()?.to_vec1::<f32>()?);
             session.cached.extend_from_slice(chunk);
         }
@@ -274,7 +269,8 @@ impl LlmModel {
         let mut logits = None;
         for chunk in todo.chunks(session.eval_batch_size) {
             let pos = session.cached.len();
-            logits = Some(self.forward(&mut session.cache, &session.ropes, chunk, pos, false, Pass::Prompt)?);
+            let rows = PromptRows { first: pos - common, total: todo.len(), chunk: chunk.len() };
+            logits = Some(self.forward(&mut session.cache, &session.ropes, chunk, pos, false, Pass::Prompt(rows))?);
             session.cached.extend_from_slice(chunk);
             report((session.cached.len() - common) as f32 / todo.len() as f32)?;
         }
