@@ -58,15 +58,12 @@ unsafe fn pack_kquant<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
             let scales = K::scales(blk);
             let (sc, mn) = K::int_scales(&scales);
             let mut corr = 0i32;
-            p.corr_part[(r * nb + b) * 4..(r * nb + b + 1) * 4].fill(0);
             for c in 0..QK_K / 32 {
                 let (v, _) = K::chunk(blk, &scales, c);
                 let v = _mm256_sub_epi8(v, _mm256_set1_epi8(K::OFFSET));
                 _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK_K + c * 32) as *mut __m256i, v);
                 let (lo, hi) = byte_sums(v);
-                let part = if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
-                corr += part;
-                p.corr_part[(r * nb + b) * 4 + c * 32 / repacked_part(K::SUB)] += -128 * part;
+                corr += if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
             }
             let i = r * nb + b;
             let (d, dmin) = K::d_dmin(blk);
@@ -408,117 +405,16 @@ unsafe fn tile_kquant_lanes<K: KQuant, const P: usize>(
 /// Rows `r0..r0+TILE_ROWS` of Q4_K (`SUB` 32) or Q2_K (`SUB` 16) against panels `g..g+P`, summed as llama.cpp's
 /// repacked GEMMs (`ggml_gemm_q{4,2}_K_8x8_q8_K`) sum them: one integer per part of a super-block (Q4_K: 64 values,
 /// Q2_K: 128), added as `fma(·, d_w·d_a, acc)`; the minimums' integer over the same part into an accumulator of
-/// their own with `dmin·d_a`; the result `acc − acc_min`. The last `rows % 4` activation rows go through its GEMVs
-/// instead, which add one integer per super-block. Per super-block the integer products run first (as
-/// `tile_kquant`'s, each part's sum set aside), then the float chains.
+/// their own with `dmin·d_a`; the result `acc − acc_min`. The last `rows % 4` rows of its batch (`p.gemv_from`) go
+/// through its GEMVs instead, which add one integer per super-block.
+///
+/// The integers are formed in floats: with the activations signed (the weights are unsigned), each sub-block's sum,
+/// each `scale · sum` and each part's total stays below 2²⁴, so every float is an exact integer, with no `vpmulld`
+/// (two uops on the port `vpdpbusd` needs) and no correction. A super-block's total, which may not fit, is summed
+/// as an integer.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // rows and panels index the accumulators and the output alike
 unsafe fn tile_kquant_repacked<const SUB: usize, const P: usize>(
-    p: &PackedRows,
-    r0: usize,
-    count: usize,
-    a: &ActPanels,
-    g: usize,
-    out: &mut Tile,
-) {
-    let (cols, nb) = (p.cols, p.nb);
-    let subs = repacked_part(SUB) / SUB;
-    let parts_per_block = QK_K / repacked_part(SUB);
-    let (pairs, bsums) = if SUB == 32 { (4, &a.bsum32) } else { (8, &a.bsum) };
-    let rows: [usize; TILE_ROWS] = std::array::from_fn(|t| r0 + t.min(count - 1));
-    let aq: [*const u8; P] = std::array::from_fn(|k| a.q.as_ptr().add((g + k) * cols * LANES));
-    let ad: [*const f32; P] = std::array::from_fn(|k| a.d.as_ptr().add((g + k) * nb * LANES));
-    // Lanes (activation rows) of each panel that llama.cpp's GEMV computes.
-    let gemv_from = p.gemv_from;
-    let gemv_lanes: [__mmask16; P] = std::array::from_fn(|k| {
-        let first = (g + k) * LANES;
-        if first + LANES > gemv_from && gemv_from < a.rows {
-            !0u16 << gemv_from.saturating_sub(first).min(LANES - 1)
-        } else {
-            0
-        }
-    });
-    let zero = _mm512_setzero_ps();
-    // acc, acc_min, and the GEMV's whole-block pair, per row and panel.
-    let mut acc = [[[zero; 4]; P]; TILE_ROWS];
-    for b in 0..nb {
-        let mut parts = [[[_mm512_setzero_si512(); 4]; P]; TILE_ROWS];
-        for part in 0..parts_per_block {
-            let mut sum: [[__m512i; P]; TILE_ROWS] =
-                std::array::from_fn(|t| [_mm512_set1_epi32(p.corr_part[(rows[t] * nb + b) * 4 + part]); P]);
-            for j in part * subs..(part + 1) * subs {
-                let mut sums = [[_mm512_setzero_si512(); P]; TILE_ROWS];
-                for g4 in 0..SUB / 4 {
-                    let at = (b * (QK_K / 4) + j * (SUB / 4) + g4) * 64;
-                    let av: [__m512i; P] = std::array::from_fn(|k| _mm512_loadu_si512(aq[k].add(at) as *const __m512i));
-                    for t in 0..TILE_ROWS {
-                        let w = bcast4(p.q.as_ptr().add(rows[t] * cols + b * QK_K + j * SUB + g4 * 4));
-                        for k in 0..P {
-                            sums[t][k] = _mm512_dpbusd_epi32(sums[t][k], av[k], w);
-                        }
-                    }
-                }
-                for t in 0..TILE_ROWS {
-                    let sc = _mm512_set1_epi32(p.sc[(rows[t] * nb + b) * 16 + j]);
-                    for k in 0..P {
-                        sum[t][k] = _mm512_add_epi32(sum[t][k], _mm512_mullo_epi32(sums[t][k], sc));
-                    }
-                }
-            }
-            for t in 0..TILE_ROWS {
-                for k in 0..P {
-                    parts[t][k][part] = sum[t][k];
-                }
-            }
-        }
-        for k in 0..P {
-            let da = _mm512_loadu_ps(ad[k].add(b * LANES));
-            let bsum = bsums.as_ptr().add(((g + k) * nb + b) * pairs * 2 * LANES);
-            for t in 0..TILE_ROWS {
-                let i = rows[t] * nb + b;
-                let scale = _mm512_mul_ps(da, _mm512_set1_ps(p.d[i]));
-                let scale_min = _mm512_mul_ps(da, _mm512_set1_ps(p.m[i]));
-                let mut mins = [_mm512_setzero_si512(); 4];
-                for part in 0..parts_per_block {
-                    for pair in part * subs / 2..(part + 1) * subs / 2 {
-                        let bv = _mm512_loadu_si512(bsum.add(pair * 2 * LANES) as *const __m512i);
-                        mins[part] = _mm512_dpwssd_epi32(mins[part], bv, _mm512_set1_epi32(p.mins[i * 8 + pair]));
-                    }
-                }
-                let [mut sum, mut sum_min, mut whole, mut whole_min] = acc[t][k];
-                for part in 0..parts_per_block {
-                    sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(parts[t][k][part]), scale, sum);
-                    sum_min = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins[part]), scale_min, sum_min);
-                }
-                if gemv_lanes[k] != 0 {
-                    let (mut total, mut total_min) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-                    for part in 0..parts_per_block {
-                        total = _mm512_add_epi32(total, parts[t][k][part]);
-                        total_min = _mm512_add_epi32(total_min, mins[part]);
-                    }
-                    whole = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), scale, whole);
-                    whole_min = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total_min), scale_min, whole_min);
-                }
-                acc[t][k] = [sum, sum_min, whole, whole_min];
-            }
-        }
-    }
-    for t in 0..TILE_ROWS {
-        for k in 0..P {
-            let [sum, sum_min, whole, whole_min] = acc[t][k];
-            let v = _mm512_mask_blend_ps(gemv_lanes[k], _mm512_sub_ps(sum, sum_min), _mm512_sub_ps(whole, whole_min));
-            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), v);
-        }
-    }
-}
-
-/// `tile_kquant_repacked` for tiles without GEMV rows: the same integers, formed in floats. With the activations
-/// signed (the weights of Q4_K and Q2_K are unsigned), each sub-block's sum, each `scale · sum` and each part's total
-/// stays below 2²⁴, so every float here is an exact integer and the part's total is the one llama.cpp converts;
-/// this takes no `vpmulld` (two uops on the port `vpdpbusd` needs) and no correction.
-#[inline(always)]
-#[allow(clippy::needless_range_loop)] // rows and panels index the accumulators and the output alike
-unsafe fn tile_kquant_repacked_gemm<const SUB: usize, const P: usize>(
     p: &PackedRows,
     r0: usize,
     count: usize,
@@ -532,10 +428,21 @@ unsafe fn tile_kquant_repacked_gemm<const SUB: usize, const P: usize>(
     let rows: [usize; TILE_ROWS] = std::array::from_fn(|t| r0 + t.min(count - 1));
     let aq: [*const i8; P] = std::array::from_fn(|k| a.signed.as_ptr().add((g + k) * cols * LANES));
     let ad: [*const f32; P] = std::array::from_fn(|k| a.d.as_ptr().add((g + k) * nb * LANES));
-    let mut acc = [[_mm512_setzero_ps(); P]; TILE_ROWS];
-    let mut acc_min = [[_mm512_setzero_ps(); P]; TILE_ROWS];
+    // Lanes (activation rows) of each panel that llama.cpp's GEMV computes.
+    let gemv_lanes: [__mmask16; P] = std::array::from_fn(|k| {
+        let first = (g + k) * LANES;
+        if first + LANES > p.gemv_from && p.gemv_from < a.rows {
+            !0u16 << p.gemv_from.saturating_sub(first).min(LANES - 1)
+        } else {
+            0
+        }
+    });
+    let gemv = gemv_lanes.iter().any(|&l| l != 0);
+    let zero = _mm512_setzero_ps();
+    // Per row and panel: the GEMM's acc and acc_min, the GEMV's.
+    let mut acc = [[[zero; 4]; P]; TILE_ROWS];
     for b in 0..nb {
-        let mut scales = [[[_mm512_setzero_ps(); 2]; P]; TILE_ROWS];
+        let mut scales = [[[zero; 2]; P]; TILE_ROWS];
         for k in 0..P {
             let da = _mm512_loadu_ps(ad[k].add(b * LANES));
             for t in 0..TILE_ROWS {
@@ -543,8 +450,9 @@ unsafe fn tile_kquant_repacked_gemm<const SUB: usize, const P: usize>(
                 scales[t][k] = [_mm512_mul_ps(da, _mm512_set1_ps(p.d[i])), _mm512_mul_ps(da, _mm512_set1_ps(p.m[i]))];
             }
         }
+        let mut whole = [[[_mm512_setzero_si512(); 2]; P]; TILE_ROWS];
         for part in 0..QK_K / repacked_part(SUB) {
-            let mut total = [[_mm512_setzero_ps(); P]; TILE_ROWS];
+            let mut total = [[zero; P]; TILE_ROWS];
             for j in part * subs..(part + 1) * subs {
                 let mut sums = [[_mm512_setzero_si512(); P]; TILE_ROWS];
                 for g4 in 0..SUB / 4 {
@@ -574,15 +482,31 @@ unsafe fn tile_kquant_repacked_gemm<const SUB: usize, const P: usize>(
                         mins = _mm512_dpwssd_epi32(mins, bv, _mm512_set1_epi32(p.mins[i * 8 + pair]));
                     }
                     let [scale, scale_min] = scales[t][k];
-                    acc[t][k] = _mm512_fmadd_ps(total[t][k], scale, acc[t][k]);
-                    acc_min[t][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), scale_min, acc_min[t][k]);
+                    acc[t][k][0] = _mm512_fmadd_ps(total[t][k], scale, acc[t][k][0]);
+                    acc[t][k][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(mins), scale_min, acc[t][k][1]);
+                    if gemv {
+                        let [sum, sum_min] = whole[t][k];
+                        let exact = _mm512_cvtps_epi32(total[t][k]);
+                        whole[t][k] = [_mm512_add_epi32(sum, exact), _mm512_add_epi32(sum_min, mins)];
+                    }
+                }
+            }
+        }
+        if gemv {
+            for t in 0..TILE_ROWS {
+                for k in 0..P {
+                    let ([scale, scale_min], [sum, sum_min]) = (scales[t][k], whole[t][k]);
+                    acc[t][k][2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t][k][2]);
+                    acc[t][k][3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum_min), scale_min, acc[t][k][3]);
                 }
             }
         }
     }
     for t in 0..TILE_ROWS {
         for k in 0..P {
-            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), _mm512_sub_ps(acc[t][k], acc_min[t][k]));
+            let [sum, sum_min, whole, whole_min] = acc[t][k];
+            let v = _mm512_mask_blend_ps(gemv_lanes[k], _mm512_sub_ps(sum, sum_min), _mm512_sub_ps(whole, whole_min));
+            _mm512_storeu_ps(out[t][k * LANES..].as_mut_ptr(), v);
         }
     }
 }
@@ -641,32 +565,8 @@ pub unsafe fn tile(
         WeightType::Q6_K if p.vec_dot_lanes => run!(tile_kquant_lanes::<Q6K>),
         WeightType::Q3_K | WeightType::Q6_K => run!(tile_kquant::<16, false>),
         // llama.cpp repacks Q4_K and (with AVX-512) Q2_K for its GEMM when the matrix has a multiple of 8 rows.
-        WeightType::Q4_K | WeightType::Q2_K if p.matrix_rows.is_multiple_of(8) => {
-            // Only the panel holding the GEMV rows (the last `rows % 4`) takes the integer kernel.
-            let gemv_from = p.gemv_from;
-            let gemv = |panel: usize| (panel + 1) * LANES > gemv_from && gemv_from < a.rows;
-            let q4k = ty == WeightType::Q4_K;
-            let gemm_panels = (0..panels).take_while(|&k| !gemv(g + k)).count();
-            match (q4k, gemm_panels) {
-                (true, 2) => tile_kquant_repacked_gemm::<32, 2>(p, r0, count, a, g, out),
-                (false, 2) => tile_kquant_repacked_gemm::<16, 2>(p, r0, count, a, g, out),
-                (true, 1) => tile_kquant_repacked_gemm::<32, 1>(p, r0, count, a, g, out),
-                (false, 1) => tile_kquant_repacked_gemm::<16, 1>(p, r0, count, a, g, out),
-                _ => {}
-            }
-            if gemm_panels < panels {
-                let k = gemm_panels;
-                let mut rest: Tile = [[0f32; TILE_PANELS * LANES]; TILE_ROWS];
-                if q4k {
-                    tile_kquant_repacked::<32, 1>(p, r0, count, a, g + k, &mut rest);
-                } else {
-                    tile_kquant_repacked::<16, 1>(p, r0, count, a, g + k, &mut rest);
-                }
-                for (to, from) in out.iter_mut().zip(&rest) {
-                    to[k * LANES..(k + 1) * LANES].copy_from_slice(&from[..LANES]);
-                }
-            }
-        }
+        WeightType::Q4_K if p.matrix_rows.is_multiple_of(8) => run!(tile_kquant_repacked::<32>),
+        WeightType::Q2_K if p.matrix_rows.is_multiple_of(8) => run!(tile_kquant_repacked::<16>),
         WeightType::Q2_K => run!(tile_kquant::<16, true>),
         WeightType::Q4_K | WeightType::Q5_K => run!(tile_kquant::<32, true>),
         WeightType::F32 | WeightType::F16 | WeightType::BF16 => unreachable!("float types have no panel path"),

@@ -172,9 +172,6 @@ pub struct PackedRows {
     /// Q8_0 and Q5_0, per row and block: for each group of 4 values (8 per block), the start of its
     /// `vpdpbusd`: the same correction for the group, plus the bits that make the sum a float (`MAGIC_BITS`).
     pub corr4: Vec<i32>,
-    /// K-quants, per row and super-block: `corr` for each part that llama.cpp's repacked GEMMs convert and add one
-    /// at a time (Q4_K: 4 parts of 64 values; Q2_K: 2 of 128, the other two entries unused).
-    pub corr_part: Vec<i32>,
     /// K-quants, per row and super-block: the 16 sub-block scales.
     pub sc: Vec<i32>,
     /// K-quants with minimums, per row and super-block: pairs of i16 minimums (for `vpdpwssd` with the pairs of
@@ -196,7 +193,6 @@ impl PackedRows {
             self.corr4.resize(blocks * 8, 0);
         }
         if block == QK_K {
-            self.corr_part.resize(blocks * 4, 0);
             self.sc.resize(blocks * 16, 0);
             self.mins.resize(blocks * 8, 0);
         }
