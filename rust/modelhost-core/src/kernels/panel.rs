@@ -5,13 +5,18 @@
 //! columns, the 16 rows' 4 bytes side by side (64 bytes, one zmm register), biased to unsigned (`a + 128`).
 //! One `vpdpbusd` with 4 weight bytes broadcast then gives one weight row's partial dot products with 16
 //! tokens, with no horizontal sums. The weights are the signed operand; the bias adds `128 · Σw` per
-//! block, which is subtracted exactly (in the integer) using each block's weight sum.
+//! block, which is subtracted exactly (in the integer) using each block's weight sum. (The kernels that follow
+//! llama.cpp's repacked Q4_K/Q2_K and `vec_dot` orders take them the other way round: unsigned weights, the
+//! activations signed.)
 //!
 //! Each task unpacks a slice of weight rows once (`PackedRows`: signed bytes, scales, sums) and runs
 //! every activation panel against it, so the unpacking is paid once per `16 × panels` dot products.
-//! Every integer is the one llama.cpp's dot products compute. Q8_0 and Q5_0 keep each block's 8
-//! groups of 4 apart, each with its own float accumulator, as llama.cpp's tinyBLAS does; the other types combine
-//! their floats per block (32) or super-block (256).
+//! Every integer is the one llama.cpp's dot products compute, and every float is combined as the kernel llama.cpp
+//! takes for the type: Q8_0 and Q5_0 keep each block's 8 groups of 4 apart (tinyBLAS); Q4_0, IQ4_NL one integer per
+//! block (its repacked GEMMs); Q4_K and Q2_K one per 64 or 128 values with the minimums apart, or one per
+//! super-block for the last `rows % 4` rows (its repacked GEMMs and GEMVs); Q3_K, Q5_K and Q6_K one per
+//! super-block, or `vec_dot`'s 8 lanes under 8 rows. Which rows a batch of llama.cpp's would hold comes from the
+//! pass's place in the prompt (`PromptRows`).
 
 use rayon::prelude::*;
 
