@@ -62,8 +62,10 @@ unsafe fn pack_kquant<K: KQuant>(src: &[&[u8]], p: &mut PackedRows) {
                 let (v, _) = K::chunk(blk, &scales, c);
                 let v = _mm256_sub_epi8(v, _mm256_set1_epi8(K::OFFSET));
                 _mm256_storeu_si256(p.q.as_mut_ptr().add(r * cols + b * QK_K + c * 32) as *mut __m256i, v);
-                let (lo, hi) = byte_sums(v);
-                corr += if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
+                if !p.repacked {
+                    let (lo, hi) = byte_sums(v);
+                    corr += if K::SUB == 32 { sc[c] * (lo + hi) } else { sc[2 * c] * lo + sc[2 * c + 1] * hi };
+                }
             }
             let i = r * nb + b;
             let (d, dmin) = K::d_dmin(blk);
@@ -189,6 +191,14 @@ unsafe fn tile_q32<const MIN: bool, const P: usize>(
     }
 }
 
+/// Per lane, the 8 accumulators reduced as `hsum(__m256)` / `hsum_float_8` reduce a vector's 8 lanes: lanes `l` and
+/// `l + 4` first, then `(0 + 2) + (1 + 3)`.
+#[inline(always)]
+unsafe fn hsum8(l: &[__m512; 8]) -> __m512 {
+    let h: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(l[j + 4], l[j]));
+    _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]))
+}
+
 /// `1.5 · 2²³` as a float's bits: with an integer `n` (|n| < 2²²) added to them, the float is exactly `1.5 · 2²³ + n`.
 const MAGIC_BITS: i32 = 0x4B40_0000;
 const MAGIC: f32 = 12_582_912.0;
@@ -235,11 +245,7 @@ unsafe fn tile_q32_groups<const P: usize>(
                 }
             }
             for i in 0..R.min(count - t0) {
-                // hsum(__m256): lanes l and l + 4 first, then (0 + 2) + (1 + 3).
-                let l = &acc[i];
-                let h: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(l[j + 4], l[j]));
-                let sum = _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]));
-                _mm512_storeu_ps(out[t0 + i][k * LANES..].as_mut_ptr(), sum);
+                _mm512_storeu_ps(out[t0 + i][k * LANES..].as_mut_ptr(), hsum8(&acc[i]));
             }
         }
     }
@@ -341,11 +347,10 @@ unsafe fn tile_kquant_lanes<K: KQuant, const P: usize>(
 ) {
     let (cols, nb) = (p.cols, p.nb);
     let (q3k, q6k) = (K::OFFSET == 4, K::OFFSET == 32);
-    // The activations are stored biased to unsigned; `vec_dot` multiplies unsigned weights by signed activations.
-    let unbias = _mm512_set1_epi8(-128);
+    // `vec_dot` multiplies unsigned weights by signed activations (the panel's signed copy).
     let fours = _mm512_set1_epi8(4);
     for k in 0..P {
-        let aq = a.q.as_ptr().add((g + k) * cols * LANES);
+        let aq = a.signed.as_ptr().add((g + k) * cols * LANES);
         let ad = a.d.as_ptr().add((g + k) * nb * LANES);
         for t in 0..count {
             let row = r0 + t;
@@ -365,7 +370,6 @@ unsafe fn tile_kquant_lanes<K: KQuant, const P: usize>(
                     for l in 0..8 {
                         let g4 = c * 8 + l;
                         let av = _mm512_loadu_si512(aq.add((b * (QK_K / 4) + g4) * 64) as *const __m512i);
-                        let av = _mm512_xor_si512(av, unbias);
                         let w = bcast4(p.q.as_ptr().add(row * cols + b * QK_K + g4 * 4));
                         let mut sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, av);
                         if q3k {
@@ -392,8 +396,7 @@ unsafe fn tile_kquant_lanes<K: KQuant, const P: usize>(
                     summs = _mm512_fmadd_ps(dmin, _mm512_cvtepi32_ps(mins), summs);
                 }
             }
-            let h: [__m512; 4] = std::array::from_fn(|j| _mm512_add_ps(acc[j + 4], acc[j]));
-            let mut sum = _mm512_add_ps(_mm512_add_ps(h[0], h[2]), _mm512_add_ps(h[1], h[3]));
+            let mut sum = hsum8(&acc);
             if K::HAS_MIN {
                 sum = _mm512_add_ps(sum, summs);
             }
@@ -565,8 +568,8 @@ pub unsafe fn tile(
         WeightType::Q6_K if p.vec_dot_lanes => run!(tile_kquant_lanes::<Q6K>),
         WeightType::Q3_K | WeightType::Q6_K => run!(tile_kquant::<16, false>),
         // llama.cpp repacks Q4_K and (with AVX-512) Q2_K for its GEMM when the matrix has a multiple of 8 rows.
-        WeightType::Q4_K if p.matrix_rows.is_multiple_of(8) => run!(tile_kquant_repacked::<32>),
-        WeightType::Q2_K if p.matrix_rows.is_multiple_of(8) => run!(tile_kquant_repacked::<16>),
+        WeightType::Q4_K if p.repacked => run!(tile_kquant_repacked::<32>),
+        WeightType::Q2_K if p.repacked => run!(tile_kquant_repacked::<16>),
         WeightType::Q2_K => run!(tile_kquant::<16, true>),
         WeightType::Q4_K | WeightType::Q5_K => run!(tile_kquant::<32, true>),
         WeightType::F32 | WeightType::F16 | WeightType::BF16 => unreachable!("float types have no panel path"),

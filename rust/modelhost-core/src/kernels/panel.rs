@@ -155,8 +155,9 @@ impl ActPanels {
 pub struct PackedRows {
     /// Rows held.
     pub rows: usize,
-    /// Rows of the whole matrix.
-    pub matrix_rows: usize,
+    /// Q4_K and Q2_K in a matrix of a multiple of 8 rows, which llama.cpp repacks for its GEMM: held and summed as
+    /// that GEMM sums them (`avx512_gemm::tile_kquant_repacked`, which needs no bias correction).
+    pub repacked: bool,
     /// Q4_K and Q2_K: the first activation row that llama.cpp's GEMV computes (the last `rows % 4` of its batch).
     pub gemv_from: usize,
     /// Q3_K, Q5_K, Q6_K times fewer than 8 activation rows: held and summed as llama.cpp's `vec_dot` sums them
@@ -222,7 +223,7 @@ pub fn gemm(w: &WeightMatrix, x: &LayerInput, y: &mut [f32]) {
     (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each_init(PackedRows::default, |packed, task| {
         let rows = task * TASK_ROWS..n.min((task + 1) * TASK_ROWS);
         packed.reset(rows.len(), cols, block);
-        packed.matrix_rows = n;
+        packed.repacked = n.is_multiple_of(8) && matches!(ty, WeightType::Q4_K | WeightType::Q2_K);
         packed.vec_dot_lanes =
             total < VEC_DOT_BELOW && matches!(ty, WeightType::Q3_K | WeightType::Q5_K | WeightType::Q6_K);
         packed.gemv_from = (total - total % 4).saturating_sub(first);
