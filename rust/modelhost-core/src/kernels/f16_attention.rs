@@ -116,14 +116,14 @@ pub fn attend(
         // one key/value head would otherwise run its attention on one thread): the scores of a tile are all
         // that is held besides this head's keys and values.
         let rows = group * seq;
-        (0..rows.div_ceil(ROW_TILE)).into_par_iter().for_each(|tile| {
+        // A worker's buffers, for every tile it runs: a tile's queries, scores, output rows and lane sums.
+        let buffers = || {
+            (vec![0f32; ROW_TILE * hd], vec![0f32; ROW_TILE * total], vec![0f32; ROW_TILE * hd], vec![0f32; lanes * hd])
+        };
+        (0..rows.div_ceil(ROW_TILE)).into_par_iter().for_each_init(buffers, |(qs, scores, o, acc), tile| {
             let r0 = tile * ROW_TILE;
             let n = (rows - r0).min(ROW_TILE);
-            let mut qs = vec![0f32; n * hd];
-            let mut scores = vec![0f32; n * total];
-            let mut o = vec![0f32; n * hd];
-            let mut acc = vec![0f32; lanes * hd];
-            let (qs, scores, o) = (&mut qs[..], &mut scores[..], &mut o[..]);
+            let (qs, scores, o) = (&mut qs[..n * hd], &mut scores[..n * total], &mut o[..n * hd]);
             // The queries, as f16 values (llama.cpp converts them for the F16 matmul).
             for (t, row) in qs.chunks_exact_mut(hd).enumerate() {
                 let (head, i) = (g * group + (r0 + t) / seq, (r0 + t) % seq);
