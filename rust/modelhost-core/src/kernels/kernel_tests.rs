@@ -3,9 +3,10 @@
 
 use proptest::prelude::*;
 
-use super::act::LayerInput;
+use super::act::{ActRow, LayerInput};
 use super::blocks::{block32, dequantize_row, super_block};
 use super::dispatch::Isa;
+use super::ggml_rows::reduce8;
 use super::matrix::WeightMatrix;
 use super::types::{ActFormat, WeightType};
 
@@ -134,53 +135,72 @@ fn prompt_sized_products_match_the_reference() {
     }
 }
 
-/// llama.cpp's batched product for Q8_0 and Q5_0 (tinyBLAS), transcribed: per output, 8 float
-/// accumulators, accumulator `l` adding each block's group of 4 values `l` as `fma(d_w · d_a, sum, acc)`, then
-/// the accumulators reduced as `hsum(__m256)` reduces them.
-fn tinyblas_q0(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
-    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
-    let q = input.quantized(ActFormat::Q8_0);
+/// `y[i·n + r] = dot(weight row r, activation row i, i)` for every output, activations in `format`.
+fn per_output(
+    w: &WeightMatrix,
+    input: &LayerInput,
+    format: ActFormat,
+    dot: impl Fn(&[u8], &ActRow<'_>, usize) -> f32,
+) -> Vec<f32> {
+    let (n, m) = (w.rows(), input.rows());
+    let q = input.quantized(format);
     let mut y = vec![0f32; m * n];
     for r in 0..n {
         for i in 0..m {
-            let a = q.row(i);
-            let mut acc = [0f32; 8];
-            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
-                let (wq, dw, _) = block32(ty, block);
-                let scale = dw * a.d[b];
-                for (l, acc) in acc.iter_mut().enumerate() {
-                    let at = 4 * l..4 * l + 4;
-                    let sum: i32 = wq[at.clone()]
-                        .iter()
-                        .zip(&a.qs[b * 32..][at])
-                        .map(|(&w, &x)| i32::from(w) * i32::from(x))
-                        .sum();
-                    *acc = scale.mul_add(sum as f32, *acc);
-                }
-            }
-            let h: [f32; 4] = std::array::from_fn(|j| acc[j + 4] + acc[j]);
-            y[i * n + r] = (h[0] + h[2]) + (h[1] + h[3]);
+            y[i * n + r] = dot(w.row_bytes(r), &q.row(i), i);
         }
     }
     y
 }
 
-#[test]
-fn prompt_products_of_q8_0_and_q5_0_are_llama_cpps_to_the_bit() {
+/// The prompt GEMM of a `rows × cols` matrix of `ty` (seed `seed`) times `m` activation rows, for each of `ms`, equal
+/// bit for bit to `expected` (a transcription of llama.cpp's order), on CPUs that have the GEMM.
+fn assert_prompt_products(
+    ty: WeightType,
+    (rows, cols, seed): (usize, usize, u64),
+    ms: &[usize],
+    expected: impl Fn(&WeightMatrix, &LayerInput) -> Vec<f32>,
+) {
     if !Isa::available().contains(&Isa::Avx512) {
         return; // the blocked GEMM is AVX-512 only; the row kernels are checked above
     }
-    for ty in [WeightType::Q8_0, WeightType::Q5_0] {
-        let w = matrix(ty, 45, 160, 3);
-        for m in [8, 16, 33] {
-            let input = LayerInput::new(activations(m, 160, 4 + m as u64), m, 160);
-            let mut y = vec![f32::NAN; m * 45];
-            w.matmul_with(Isa::Avx512, &input, &mut y);
-            let expected = tinyblas_q0(&w, &input);
-            for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
-                assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
+    let w = matrix(ty, rows, cols, seed);
+    for &m in ms {
+        let input = LayerInput::new(activations(m, cols, seed + 1 + m as u64), m, cols);
+        let mut y = vec![f32::NAN; m * rows];
+        let pass = super::pool::PromptRows { first: 0, total: m, chunk: m };
+        super::panel::forward_pass(Some(pass), || w.matmul_with(Isa::Avx512, &input, &mut y));
+        for (i, (v, e)) in y.iter().zip(&expected(&w, &input)).enumerate() {
+            assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
+        }
+    }
+}
+
+/// llama.cpp's batched product for Q8_0 and Q5_0 (tinyBLAS), transcribed: per output, 8 float
+/// accumulators, accumulator `l` adding each block's group of 4 values `l` as `fma(d_w · d_a, sum, acc)`, then
+/// the accumulators reduced as `hsum(__m256)` reduces them.
+fn tinyblas_q0(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
+    let ty = w.weight_type();
+    per_output(w, input, ActFormat::Q8_0, |row, a, _| {
+        let mut acc = [0f32; 8];
+        for (b, block) in row.chunks_exact(ty.block_bytes()).enumerate() {
+            let (wq, dw, _) = block32(ty, block);
+            let scale = dw * a.d[b];
+            for (l, acc) in acc.iter_mut().enumerate() {
+                let at = 4 * l..4 * l + 4;
+                let sum: i32 =
+                    wq[at.clone()].iter().zip(&a.qs[b * 32..][at]).map(|(&w, &x)| i32::from(w) * i32::from(x)).sum();
+                *acc = scale.mul_add(sum as f32, *acc);
             }
         }
+        reduce8(&acc)
+    })
+}
+
+#[test]
+fn prompt_products_of_q8_0_and_q5_0_are_llama_cpps_to_the_bit() {
+    for ty in [WeightType::Q8_0, WeightType::Q5_0] {
+        assert_prompt_products(ty, (45, 160, 3), &[8, 16, 33], tinyblas_q0);
     }
 }
 
@@ -188,28 +208,22 @@ fn prompt_products_of_q8_0_and_q5_0_are_llama_cpps_to_the_bit() {
 /// every output of a layer bit for bit): per super-block one integer `Σ scale · q · a`, multiplied by `d_w` first,
 /// less `dmin · Σ min · sum` in one rounding (Q5_K), then added as `fma(d_a, ·, acc)`.
 fn kquant_weight_scale_first(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
-    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
-    let q = input.quantized(ActFormat::Q8_K);
-    let mut y = vec![0f32; m * n];
-    for r in 0..n {
-        for i in 0..m {
-            let a = q.row(i);
-            let mut acc = 0f32;
-            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
-                let sb = super_block(ty, block);
-                let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
-                let total: i32 = (0..256).map(|e| sb.scale[e / sb.sub] * i32::from(sb.q[e]) * i32::from(qs[e])).sum();
-                let mut v = sb.d * total as f32;
-                if ty == WeightType::Q5_K {
-                    let mins: i32 = (0..8).map(|s| sb.min[s] * (bsums[2 * s] + bsums[2 * s + 1])).sum();
-                    v = (-sb.dmin).mul_add(mins as f32, v);
-                }
-                acc = a.d[b].mul_add(v, acc);
+    let ty = w.weight_type();
+    per_output(w, input, ActFormat::Q8_K, |row, a, _| {
+        let mut acc = 0f32;
+        for (b, block) in row.chunks_exact(ty.block_bytes()).enumerate() {
+            let sb = super_block(ty, block);
+            let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
+            let total: i32 = (0..256).map(|e| sb.scale[e / sb.sub] * i32::from(sb.q[e]) * i32::from(qs[e])).sum();
+            let mut v = sb.d * total as f32;
+            if ty == WeightType::Q5_K {
+                let mins: i32 = (0..8).map(|s| sb.min[s] * (bsums[2 * s] + bsums[2 * s + 1])).sum();
+                v = (-sb.dmin).mul_add(mins as f32, v);
             }
-            y[i * n + r] = acc;
+            acc = a.d[b].mul_add(v, acc);
         }
-    }
-    y
+        acc
+    })
 }
 
 /// llama.cpp's `vec_dot_q3_K_q8_K`, `vec_dot_q5_K_q8_K` and `vec_dot_q6_K_q8_K` (AVX2), which it takes for prompts of
@@ -217,60 +231,45 @@ fn kquant_weight_scale_first(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
 /// times their sub-block's scale (Q6_K's values unsigned, its lanes less `32 · scale · sum` of sub-blocks `2l` and
 /// `2l+1`); `fma(d_a·d_w, lane, acc)` per lane; `hsum_float_8`, plus Q5_K's minimums summed apart.
 fn kquant_vec_dot(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
-    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
-    let q = input.quantized(ActFormat::Q8_K);
-    let mut y = vec![0f32; m * n];
-    for r in 0..n {
-        for i in 0..m {
-            let a = q.row(i);
-            let (mut acc, mut summs) = ([0f32; 8], 0f32);
-            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
-                let sb = super_block(ty, block);
-                let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
-                let offset = if ty == WeightType::Q6_K { 32 } else { 0 };
-                for (l, acc) in acc.iter_mut().enumerate() {
-                    let mut lane = 0i32;
-                    for c in 0..8 {
-                        let at = 32 * c + 4 * l;
-                        let s = if sb.sub == 16 { sb.scale[2 * c + l / 4] } else { sb.scale[c] };
-                        let dot: i32 = (at..at + 4).map(|e| (i32::from(sb.q[e]) + offset) * i32::from(qs[e])).sum();
-                        lane += s * dot;
-                    }
-                    if offset != 0 {
-                        lane -= 32 * (bsums[2 * l] * sb.scale[2 * l] + bsums[2 * l + 1] * sb.scale[2 * l + 1]);
-                    }
-                    *acc = (a.d[b] * sb.d).mul_add(lane as f32, *acc);
+    let ty = w.weight_type();
+    let offset = if ty == WeightType::Q6_K { 32 } else { 0 };
+    per_output(w, input, ActFormat::Q8_K, |row, a, _| {
+        let (mut acc, mut summs) = ([0f32; 8], 0f32);
+        for (b, block) in row.chunks_exact(ty.block_bytes()).enumerate() {
+            let sb = super_block(ty, block);
+            let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
+            for (l, acc) in acc.iter_mut().enumerate() {
+                let mut lane = 0i32;
+                for c in 0..8 {
+                    let at = 32 * c + 4 * l;
+                    let s = if sb.sub == 16 { sb.scale[2 * c + l / 4] } else { sb.scale[c] };
+                    let dot: i32 = (at..at + 4).map(|e| (i32::from(sb.q[e]) + offset) * i32::from(qs[e])).sum();
+                    lane += s * dot;
                 }
-                if ty == WeightType::Q5_K {
-                    let mins: i32 = (0..8).map(|s| sb.min[s] * (bsums[2 * s] + bsums[2 * s + 1])).sum();
-                    summs = (-a.d[b] * sb.dmin).mul_add(mins as f32, summs);
+                if offset != 0 {
+                    lane -= 32 * (bsums[2 * l] * sb.scale[2 * l] + bsums[2 * l + 1] * sb.scale[2 * l + 1]);
                 }
+                *acc = (a.d[b] * sb.d).mul_add(lane as f32, *acc);
             }
-            let h: [f32; 4] = std::array::from_fn(|j| acc[j + 4] + acc[j]);
-            y[i * n + r] = (h[0] + h[2]) + (h[1] + h[3]) + summs;
+            if ty == WeightType::Q5_K {
+                let mins: i32 = (0..8).map(|s| sb.min[s] * (bsums[2 * s] + bsums[2 * s + 1])).sum();
+                summs = (-a.d[b] * sb.dmin).mul_add(mins as f32, summs);
+            }
         }
-    }
-    y
+        reduce8(&acc) + summs
+    })
 }
 
 #[test]
 fn prompt_products_of_q3_k_q5_k_and_q6_k_are_llama_cpps_to_the_bit() {
-    if !Isa::available().contains(&Isa::Avx512) {
-        return; // the blocked GEMM is AVX-512 only
-    }
     for ty in [WeightType::Q3_K, WeightType::Q5_K, WeightType::Q6_K] {
-        let w = matrix(ty, 45, 512, 5);
-        for m in [1, 5, 7, 8, 16, 33] {
-            let input = LayerInput::new(activations(m, 512, 6 + m as u64), m, 512);
-            let mut y = vec![f32::NAN; m * 45];
-            super::panel::forward_pass(Some(super::pool::PromptRows { first: 0, total: m, chunk: m }), || {
-                w.matmul_with(Isa::Avx512, &input, &mut y)
-            });
-            let expected = if m < 8 { kquant_vec_dot(&w, &input) } else { kquant_weight_scale_first(&w, &input) };
-            for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
-                assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
+        assert_prompt_products(ty, (45, 512, 5), &[1, 5, 7, 8, 16, 33], |w, input| {
+            if input.rows() < 8 {
+                kquant_vec_dot(w, input)
+            } else {
+                kquant_weight_scale_first(w, input)
             }
-        }
+        });
     }
 }
 
@@ -278,62 +277,43 @@ fn prompt_products_of_q3_k_q5_k_and_q6_k_are_llama_cpps_to_the_bit() {
 /// super-block (Q4_K: 64 values, Q2_K: 128) added as `fma(·, d_w·d_a, acc)`, the minimums' per part into an
 /// accumulator of their own, `acc − acc_min`; the last `rows % 4` rows as its GEMVs, one integer per super-block.
 fn kquant_repacked(w: &WeightMatrix, input: &LayerInput) -> Vec<f32> {
-    let (ty, n, m) = (w.weight_type(), w.rows(), input.rows());
-    let q = input.quantized(ActFormat::Q8_K);
+    let (ty, m) = (w.weight_type(), input.rows());
     let part = if ty == WeightType::Q4_K { 64 } else { 128 };
-    let mut y = vec![0f32; m * n];
-    for r in 0..n {
-        for i in 0..m {
-            let a = q.row(i);
-            let gemv = i >= m - m % 4;
-            let (mut acc, mut acc_min) = (0f32, 0f32);
-            for (b, block) in w.row_bytes(r).chunks_exact(ty.block_bytes()).enumerate() {
-                let sb = super_block(ty, block);
-                let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
-                let sums: Vec<(i32, i32)> = (0..256 / part)
-                    .map(|pt| {
-                        let values = pt * part..(pt + 1) * part;
-                        let dot = values.clone().map(|e| sb.scale[e / sb.sub] * i32::from(sb.q[e]) * i32::from(qs[e]));
-                        let subs = pt * part / sb.sub..(pt + 1) * part / sb.sub;
-                        let per16 = sb.sub / 16;
-                        let mins = subs.map(|s| sb.min[s] * bsums[s * per16..(s + 1) * per16].iter().sum::<i32>());
-                        (dot.sum(), mins.sum())
-                    })
-                    .collect();
-                let (d, dmin) = (sb.d * a.d[b], sb.dmin * a.d[b]);
-                if gemv {
-                    let (t, mn) = sums.iter().fold((0, 0), |(t, mn), (x, y)| (t + x, mn + y));
+    per_output(w, input, ActFormat::Q8_K, |row, a, i| {
+        let gemv = i >= m - m % 4;
+        let (mut acc, mut acc_min) = (0f32, 0f32);
+        for (b, block) in row.chunks_exact(ty.block_bytes()).enumerate() {
+            let sb = super_block(ty, block);
+            let (qs, bsums) = (&a.qs[b * 256..(b + 1) * 256], &a.sums[b * 16..(b + 1) * 16]);
+            let sums: Vec<(i32, i32)> = (0..256 / part)
+                .map(|pt| {
+                    let values = pt * part..(pt + 1) * part;
+                    let dot = values.clone().map(|e| sb.scale[e / sb.sub] * i32::from(sb.q[e]) * i32::from(qs[e]));
+                    let subs = pt * part / sb.sub..(pt + 1) * part / sb.sub;
+                    let per16 = sb.sub / 16;
+                    let mins = subs.map(|s| sb.min[s] * bsums[s * per16..(s + 1) * per16].iter().sum::<i32>());
+                    (dot.sum(), mins.sum())
+                })
+                .collect();
+            let (d, dmin) = (sb.d * a.d[b], sb.dmin * a.d[b]);
+            if gemv {
+                let (t, mn) = sums.iter().fold((0, 0), |(t, mn), (x, y)| (t + x, mn + y));
+                (acc, acc_min) = ((t as f32).mul_add(d, acc), (mn as f32).mul_add(dmin, acc_min));
+            } else {
+                for &(t, mn) in &sums {
                     (acc, acc_min) = ((t as f32).mul_add(d, acc), (mn as f32).mul_add(dmin, acc_min));
-                } else {
-                    for &(t, mn) in &sums {
-                        (acc, acc_min) = ((t as f32).mul_add(d, acc), (mn as f32).mul_add(dmin, acc_min));
-                    }
                 }
             }
-            y[i * n + r] = acc - acc_min;
         }
-    }
-    y
+        acc - acc_min
+    })
 }
 
 #[test]
 fn prompt_products_of_q4_k_and_q2_k_are_llama_cpps_repacked_gemms_to_the_bit() {
-    if !Isa::available().contains(&Isa::Avx512) {
-        return; // the blocked GEMM is AVX-512 only
-    }
     for ty in [WeightType::Q4_K, WeightType::Q2_K] {
-        let w = matrix(ty, 48, 512, 7); // llama.cpp repacks matrices of 8k rows
-        for m in [1, 3, 5, 8, 10, 16, 33] {
-            let input = LayerInput::new(activations(m, 512, 8 + m as u64), m, 512);
-            let mut y = vec![f32::NAN; m * 48];
-            super::panel::forward_pass(Some(super::pool::PromptRows { first: 0, total: m, chunk: m }), || {
-                w.matmul_with(Isa::Avx512, &input, &mut y)
-            });
-            let expected = kquant_repacked(&w, &input);
-            for (i, (v, e)) in y.iter().zip(&expected).enumerate() {
-                assert_eq!(v.to_bits(), e.to_bits(), "{ty:?} m={m} [{i}]: {v} vs {e}");
-            }
-        }
+        // llama.cpp repacks matrices of 8k rows
+        assert_prompt_products(ty, (48, 512, 7), &[1, 3, 5, 8, 10, 16, 33], kquant_repacked);
     }
 }
 
