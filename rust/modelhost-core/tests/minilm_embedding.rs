@@ -125,6 +125,22 @@ fn matches_sentence_transformers() {
     assert!(model.embed(&[]).unwrap().is_empty());
 }
 
+/// The row path that CPUs without AVX-512 take (`gemm` and the AVX2 kernels) against the same references: this
+/// test binary again, in a child process with `MODELHOST_NO_AVX512` set.
+#[test]
+fn matches_sentence_transformers_without_avx512() {
+    if std::env::var_os("MODELHOST_NO_AVX512").is_some() {
+        return; // already the row path: `matches_sentence_transformers` covers it
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["matches_sentence_transformers", "--exact", "--test-threads=1"])
+        .env("MODELHOST_NO_AVX512", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn shorter_context_truncates() {
     let _g = serial();

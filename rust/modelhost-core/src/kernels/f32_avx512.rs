@@ -1,13 +1,15 @@
 //! AVX-512 f32 matrix products for the embedding encoder, `act(x · wᵀ + b)` with `w` in PyTorch's `[out, in]`
 //! layout, used where the CPU has AVX-512F (checked once at run time, so the wheel keeps its x86-64-v3 baseline),
-//! as torch's oneDNN picks its AVX-512 kernels.
+//! as torch's oneDNN picks its AVX-512 kernels; and the encoder's other steps on the same layout.
 //!
-//! The lanes run over tokens, not over the inner dimension: the activations are transposed once into panels of
-//! 16 tokens (`pack_tokens`, shared by every matrix that reads the same input), and each weight element is
-//! broadcast against a panel. So the weights are read in their stored layout straight from the mapping (nothing
-//! packed, nothing copied), no output needs a horizontal sum, each output starts from its bias, and the
-//! activation runs on the tile while it is in cache. A tile is two panels × 12 outputs: 24 accumulators, each
-//! weight load feeding two FMAs.
+//! The lanes run over tokens, not over the inner dimension: activations live in panels of 16 tokens
+//! (`[panel][column][lane]`, made by `pack_tokens` or written so by the previous product), and each weight element
+//! is broadcast against a panel. So no output needs a horizontal sum, each output starts from its bias, and the
+//! activation runs on the tile while it is in registers' reach. A tile is one panel × 24 outputs: 24
+//! accumulators, each activation load feeding 24 FMAs. With several panels, a tile's weights are first packed
+//! in broadcast order, one inner block at a time, and every panel's block of activations streams past them
+//! (the weights stay in L1, the activations in L2); with one or two panels the weights are read in place from
+//! the mapping, the next tile's rows prefetched.
 
 use std::arch::x86_64::*;
 
@@ -18,10 +20,10 @@ use super::f32_ops::{gelu, gelu_tanh, Activation};
 
 /// Tokens per panel: one AVX-512 register of f32.
 pub(crate) const LANES: usize = 16;
-/// Outputs per tile: with two panels, 24 of the 32 vector registers accumulate.
-const FEATURES: usize = 12;
+/// Outputs per tile: 24 of the 32 vector registers accumulate, so each activation load feeds 24 FMAs.
+const FEATURES: usize = 24;
 /// Outputs per rayon task (whole tiles), so a 384-wide matrix splits into eight tasks for two workers.
-const FEATURES_PER_TASK: usize = 4 * FEATURES;
+const FEATURES_PER_TASK: usize = 2 * FEATURES;
 
 /// Whether this CPU runs the AVX-512 kernels; `MODELHOST_NO_AVX512` turns them off (to compare).
 pub(crate) fn available() -> bool {
@@ -32,17 +34,124 @@ pub(crate) fn available() -> bool {
 /// Transpose the `t` rows of `x` (`[t, k]`) into panels of `LANES` tokens, `[panel][k][lane]`, zero past the
 /// last token.
 pub(crate) fn pack_tokens(x: &[f32], t: usize, k: usize, out: &mut Vec<f32>) {
-    let panels = t.div_ceil(LANES);
-    out.clear();
-    out.resize(panels * k * LANES, 0.0);
+    assert!(available() && x.len() >= t * k);
+    resize_panels(out, t, k);
     out.par_chunks_mut(k * LANES).enumerate().for_each(|(p, panel)| {
-        for lane in 0..LANES.min(t - p * LANES) {
-            let row = &x[(p * LANES + lane) * k..][..k];
-            for (kk, &v) in row.iter().enumerate() {
-                panel[kk * LANES + lane] = v;
-            }
+        let rows = LANES.min(t - p * LANES);
+        // SAFETY: AVX-512F is present (asserted); the panel's rows are inside x and the panel holds k·LANES floats.
+        unsafe { pack_block(x[p * LANES * k..].as_ptr(), rows, k, k, panel.as_mut_ptr()) };
+    });
+}
+
+/// Attention's head-major output (`[n_heads][t][d]`) as the panels of its `[t, n_heads·d]` rows.
+pub(crate) fn pack_heads(heads: &[f32], t: usize, n_heads: usize, d: usize, out: &mut Vec<f32>) {
+    let h = n_heads * d;
+    assert!(available() && heads.len() >= t * h);
+    resize_panels(out, t, h);
+    out.par_chunks_mut(h * LANES).enumerate().for_each(|(p, panel)| {
+        let rows = LANES.min(t - p * LANES);
+        for head in 0..n_heads {
+            let src = &heads[(head * t + p * LANES) * d..][..rows * d];
+            // SAFETY: AVX-512F is present (asserted); src holds `rows` rows of d floats, and the head's d
+            // columns of the panel are inside it.
+            unsafe { pack_block(src.as_ptr(), rows, d, d, panel.as_mut_ptr().add(head * d * LANES)) };
         }
     });
+}
+
+/// The rows of the `t` tokens packed in `xp` (`[panel][k][lane]`), into `dst` (`[t, k]`).
+pub(crate) fn unpack_tokens(xp: &[f32], t: usize, k: usize, dst: &mut [f32]) {
+    assert!(available() && xp.len() == t.div_ceil(LANES) * k * LANES && dst.len() >= t * k);
+    dst[..t * k].par_chunks_mut(LANES * k).zip(xp.par_chunks(k * LANES)).for_each(|(rows, panel)| {
+        // SAFETY: AVX-512F is present (asserted); the panel holds k·LANES floats and `rows` whole rows of k.
+        unsafe { unpack_block(panel.as_ptr(), k, rows.len() / k, rows.as_mut_ptr(), k) };
+    });
+}
+
+fn resize_panels(out: &mut Vec<f32>, t: usize, k: usize) {
+    out.clear();
+    out.resize(t.div_ceil(LANES) * k * LANES, 0.0);
+}
+
+/// `out[c·LANES + r] = x[r·stride + c]` for `rows` ≤ `LANES` rows and `cols` columns, zero for the rows past
+/// `rows`: 16 × 16 blocks transposed in registers.
+///
+/// # Safety
+/// AVX-512F; `x` valid for `rows` rows of `cols` floats, `stride` apart; `out` for `cols·LANES` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_block(x: *const f32, rows: usize, cols: usize, stride: usize, out: *mut f32) {
+    for c0 in (0..cols).step_by(LANES) {
+        let mask = lanes_below(cols - c0);
+        let block: [__m512; LANES] = std::array::from_fn(|r| {
+            if r < rows {
+                _mm512_maskz_loadu_ps(mask, x.add(r * stride + c0))
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
+        for (j, v) in transpose(block).into_iter().enumerate().take(LANES.min(cols - c0)) {
+            _mm512_storeu_ps(out.add((c0 + j) * LANES), v);
+        }
+    }
+}
+
+/// `dst[lane·dst_rs + c] = src[c·LANES + lane]` for the first `rows` lanes and `cols` columns: the inverse of
+/// `pack_block`.
+///
+/// # Safety
+/// AVX-512F; `src` valid for `cols·LANES` floats; `dst` for `rows` rows of `cols` floats, `dst_rs` apart.
+#[target_feature(enable = "avx512f")]
+unsafe fn unpack_block(src: *const f32, cols: usize, rows: usize, dst: *mut f32, dst_rs: usize) {
+    for c0 in (0..cols).step_by(LANES) {
+        let block: [__m512; LANES] = std::array::from_fn(|j| {
+            if c0 + j < cols {
+                _mm512_loadu_ps(src.add((c0 + j) * LANES))
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
+        let mask = lanes_below(cols - c0);
+        for (lane, v) in transpose(block).into_iter().enumerate().take(rows) {
+            _mm512_mask_storeu_ps(dst.add(lane * dst_rs + c0), mask, v);
+        }
+    }
+}
+
+/// The 16 × 16 transpose of `r` (row `i` of the result holds element `i` of every input row).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose(r: [__m512; LANES]) -> [__m512; LANES] {
+    let (lo, hi) = (|a, b| _mm512_unpacklo_ps(a, b), |a, b| _mm512_unpackhi_ps(a, b));
+    let pd = |f: fn(__m512d, __m512d) -> __m512d, a: __m512, b: __m512| {
+        _mm512_castpd_ps(f(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+    };
+    let t: [__m512; LANES] = std::array::from_fn(|i| if i % 2 == 0 { lo(r[i], r[i + 1]) } else { hi(r[i - 1], r[i]) });
+    let u: [__m512; LANES] = std::array::from_fn(|i| {
+        let (base, j) = (i / 4 * 4, i % 4);
+        let (a, b) = (t[base + j / 2], t[base + j / 2 + 2]);
+        if j % 2 == 0 {
+            pd(_mm512_unpacklo_pd, a, b)
+        } else {
+            pd(_mm512_unpackhi_pd, a, b)
+        }
+    });
+    let v: [__m512; LANES] = std::array::from_fn(|i| {
+        let (half, j) = (i / 8 * 8, i % 8);
+        let (a, b) = (u[half + j % 4], u[half + j % 4 + 4]);
+        if j < 4 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    std::array::from_fn(|i| {
+        let (a, b) = (v[i % 8], v[i % 8 + 8]);
+        if i < 8 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    })
 }
 
 /// `dst` shared by the tasks, each of which writes only its own columns.
@@ -53,10 +162,20 @@ unsafe impl Send for SharedDst {}
 // SAFETY: as above.
 unsafe impl Sync for SharedDst {}
 
+/// How `linear` lays out its output: token rows `dst_rs` floats apart, or panels of `dst_rs` columns
+/// (`[panel][dst_rs][lane]`, as `pack_tokens` makes them), which the next product reads as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    Rows,
+    Panels,
+}
+
 /// For each projection: `dst[r, col0..col0 + n] = act(x[r] · wᵀ + b)` for the `t` tokens packed in `xp`
-/// (`pack_tokens` of `[t, k]`), `dst` rows `dst_rs` apart. All projections' tiles run in one parallel loop.
+/// (`pack_tokens` of `[t, k]`), `dst` laid out as `layout` says with `dst_rs` columns. All projections' tiles
+/// run in one parallel loop. Past the last token, panel lanes hold values that mean nothing.
 ///
 /// Panics unless `available()`, or if a shape disagrees.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     xp: &[f32],
     t: usize,
@@ -65,10 +184,15 @@ pub(crate) fn linear(
     dst: &mut [f32],
     dst_rs: usize,
     act: Option<Activation>,
+    layout: Layout,
 ) {
     assert!(available(), "the AVX-512 kernels need a CPU with AVX-512F");
     let panels = t.div_ceil(LANES);
-    assert!(xp.len() == panels * k * LANES && dst.len() >= t * dst_rs && k > 0);
+    let dst_len = match layout {
+        Layout::Rows => t * dst_rs,
+        Layout::Panels => panels * dst_rs * LANES,
+    };
+    assert!(xp.len() == panels * k * LANES && dst.len() >= dst_len && k > 0);
     for p in projections {
         let n = p.b.len();
         assert!(p.w.len() == n * k && p.col0 + n <= dst_rs);
@@ -83,10 +207,21 @@ pub(crate) fn linear(
         let p = &projections[j];
         let f1 = (f0 + FEATURES_PER_TASK).min(p.b.len());
         // SAFETY: AVX-512F is present (asserted); the shapes were asserted above, and this task writes only
-        // columns col0 + [f0, f1) of the first t rows, which no other task writes.
-        unsafe { task(xp, t, k, p, f0, f1, out, dst_rs, act) };
+        // columns col0 + [f0, f1) of every token, which no other task writes.
+        unsafe { task(xp, t, k, p, f0, f1, out, dst_rs, act, layout) };
     });
 }
+
+/// Inner-dimension block: a tile's packed weights over `KC` (12 KiB) stay in L1 while every token panel's block
+/// of the same `KC` streams past, and the partial sums wait in the task's tile buffer.
+const KC: usize = 128;
+/// Token panels from which a tile's weights are packed (each weight then feeds this many panels).
+const PACK_FROM_PANELS: usize = 3;
+/// Bytes of packed activations per token block, which stays in L2 while every tile of the task reads it.
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// One panel's accumulators: `FEATURES` outputs × `LANES` tokens.
+type Tile = [[f32; LANES]; FEATURES];
 
 /// Outputs `[f0, f1)` of one projection for every token.
 ///
@@ -104,114 +239,191 @@ unsafe fn task(
     dst: SharedDst,
     dst_rs: usize,
     act: Option<Activation>,
+    layout: Layout,
 ) {
     let panels = t.div_ceil(LANES);
     let panel_len = k * LANES;
-    let mut f = f0;
-    while f < f1 {
-        let width = FEATURES.min(f1 - f);
-        let (w, b) = (p.w.as_ptr().add(f * k), p.b.as_ptr().add(f));
-        let mut q = 0;
-        while q < panels {
-            let pair = panels - q >= 2;
-            let mut tile = [[[0f32; LANES]; FEATURES]; 2];
-            let xq = xp.as_ptr().add(q * panel_len);
-            match (pair, width == FEATURES) {
-                (true, true) => tile_kernel::<2, FEATURES>(xq, panel_len, k, w, b, &mut tile, 0),
-                (false, true) => tile_kernel::<1, FEATURES>(xq, panel_len, k, w, b, &mut tile, 0),
-                (true, false) => narrow::<2>(xq, panel_len, k, w, b, width, &mut tile),
-                (false, false) => narrow::<1>(xq, panel_len, k, w, b, width, &mut tile),
+    let block = (BLOCK_BYTES / (panel_len * 4)).clamp(1, panels);
+    let mut partial = vec![[[0f32; LANES]; FEATURES]; if k > KC && block >= PACK_FROM_PANELS { block } else { 0 }];
+    let mut weights = [0f32; KC * FEATURES];
+    let mut bias = [[0f32; LANES]; FEATURES];
+    let mut out = [[0f32; LANES]; FEATURES];
+    for q0 in (0..panels).step_by(block) {
+        let q1 = (q0 + block).min(panels);
+        for f in (f0..f1).step_by(FEATURES) {
+            let width = FEATURES.min(f1 - f);
+            for (j, row) in bias.iter_mut().enumerate() {
+                *row = [if j < width { p.b[f + j] } else { 0.0 }; LANES];
             }
-            let used = if pair { 2 } else { 1 };
-            if let Some(act) = act {
-                activate(&mut tile[..used], act);
-            }
-            for (g, outs) in tile.iter().enumerate().take(used) {
-                let first = (q + g) * LANES;
-                for lane in 0..LANES.min(t - first) {
-                    let row = dst.0.add((first + lane) * dst_rs + p.col0 + f);
-                    for (j, out) in outs.iter().enumerate().take(width) {
-                        *row.add(j) = out[lane];
+            // A full tile read by several panels is packed; otherwise each weight is used once or twice, and
+            // the tile's rows are read in place (in stored order, the next tile's prefetched).
+            let packed = width == FEATURES && q1 - q0 >= PACK_FROM_PANELS;
+            let block_k = if packed { KC } else { k };
+            for k0 in (0..k).step_by(block_k) {
+                let kc = block_k.min(k - k0);
+                let w = p.w.as_ptr().add(f * k + k0);
+                if packed {
+                    pack_weights(w, k, width, kc, &mut weights);
+                }
+                let last = k0 + kc == k;
+                for q in q0..q1 {
+                    let xq = xp.as_ptr().add(q * panel_len + k0 * LANES);
+                    let init: *const Tile = if k0 == 0 { &bias } else { &partial[q - q0] };
+                    let end: *mut Tile = if last { &mut out } else { &mut partial[q - q0] };
+                    if packed {
+                        tile_kernel::<true>(xq, panel_len, kc, weights.as_ptr(), k, init, end);
+                    } else if width == FEATURES {
+                        tile_kernel::<false>(xq, panel_len, kc, w, k, init, end);
+                    } else {
+                        narrow(xq, kc, w, k, width, init, end);
+                    }
+                    if last {
+                        if let Some(act) = act {
+                            activate(std::slice::from_mut(&mut out), act);
+                        }
+                        let tile = out.as_ptr() as *const f32;
+                        match layout {
+                            Layout::Rows => {
+                                let at = dst.0.add(q * LANES * dst_rs + p.col0 + f);
+                                unpack_block(tile, width, LANES.min(t - q * LANES), at, dst_rs);
+                            }
+                            Layout::Panels => {
+                                let at = dst.0.add((q * dst_rs + p.col0 + f) * LANES);
+                                std::ptr::copy_nonoverlapping(tile, at, width * LANES);
+                            }
+                        }
                     }
                 }
             }
-            q += used;
         }
-        f += width;
     }
 }
 
-/// A tile narrower than `FEATURES` (the last outputs of a matrix whose size is not a multiple of it), one
-/// output at a time.
+/// `packed[kk·FEATURES + j] = w[j·k + kk]` for `width` rows and `kc` columns of `w` (rows `k` apart), zero for
+/// the rows past `width`: a tile's weights in the order the kernel broadcasts them.
 ///
 /// # Safety
-/// As `tile_kernel`, for `width` ≤ `FEATURES` rows of `w`.
+/// AVX-512F; `w` valid for `width` ≤ `FEATURES` rows of `kc` ≤ `KC` floats, `k` apart.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn narrow<const G: usize>(
-    xp: *const f32,
-    panel_len: usize,
-    k: usize,
-    w: *const f32,
-    b: *const f32,
-    width: usize,
-    tile: &mut [[[f32; LANES]; FEATURES]; 2],
-) {
-    for j in 0..width {
-        tile_kernel::<G, 1>(xp, panel_len, k, w.add(j * k), b.add(j), tile, j);
-    }
-}
-
-/// `tile[g][j0 + f][lane] = b[f] + Σ_kk xp[g][kk][lane] · w[f][kk]` for `G` panels and `F` outputs.
-///
-/// # Safety
-/// AVX-512F; `xp` points at `G` panels of `panel_len` = `k·LANES` floats, `w` at `F` rows of `k` floats and
-/// `b` at `F` floats; `G` ≤ 2 and `j0 + F` ≤ `FEATURES`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::needless_range_loop)] // indices over const bounds unroll into registers
-unsafe fn tile_kernel<const G: usize, const F: usize>(
-    xp: *const f32,
-    panel_len: usize,
-    k: usize,
-    w: *const f32,
-    b: *const f32,
-    tile: &mut [[[f32; LANES]; FEATURES]; 2],
-    j0: usize,
-) {
-    let mut acc = [[_mm512_setzero_ps(); F]; G];
-    for f in 0..F {
-        let bias = _mm512_set1_ps(*b.add(f));
-        for a in acc.iter_mut() {
-            a[f] = bias;
-        }
-    }
-    // The weights are streamed once per call when there are few tokens: fetch the next tile's rows (the
-    // `F·k` floats after these) while this one computes, `F` floats per step.
-    let next = w.wrapping_add(F * k);
-    for kk in 0..k {
-        _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * F) as *const i8);
-        let mut xv = [_mm512_setzero_ps(); G];
-        for (g, v) in xv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(xp.add(g * panel_len + kk * LANES));
-        }
-        for f in 0..F {
-            let wv = _mm512_set1_ps(*w.add(f * k + kk));
-            for g in 0..G {
-                acc[g][f] = _mm512_fmadd_ps(xv[g], wv, acc[g][f]);
+unsafe fn pack_weights(w: *const f32, k: usize, width: usize, kc: usize, packed: &mut [f32; KC * FEATURES]) {
+    for k0 in (0..kc).step_by(LANES) {
+        let cols = lanes_below(kc - k0);
+        for j0 in (0..FEATURES).step_by(LANES) {
+            let block: [__m512; LANES] = std::array::from_fn(|r| {
+                if j0 + r < width {
+                    _mm512_maskz_loadu_ps(cols, w.add((j0 + r) * k + k0))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            let rows = lanes_below(FEATURES - j0);
+            for (i, v) in transpose(block).into_iter().enumerate().take(LANES.min(kc - k0)) {
+                _mm512_mask_storeu_ps(packed.as_mut_ptr().add((k0 + i) * FEATURES + j0), rows, v);
             }
         }
     }
-    for g in 0..G {
-        for f in 0..F {
-            _mm512_storeu_ps(tile[g][j0 + f].as_mut_ptr(), acc[g][f]);
+}
+
+/// `end[f][lane] = init[f][lane] + Σ_kk xp[kk][lane] · w(f, kk)` over `kc` steps for one token panel, with
+/// `w(f, kk)` at `w[kk·FEATURES + f]` when `PACKED`, else at `w[f·k + kk]` (the stored rows).
+///
+/// # Safety
+/// AVX-512F; `xp` points at `kc·LANES` floats, `w` at a tile's weights in the layout `PACKED` says; `init` and
+/// `end` are tiles (possibly the same one). Prefetches (of the next panel, or of the next tile's rows) only
+/// hint.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_kernel<const PACKED: bool>(
+    xp: *const f32,
+    panel_len: usize,
+    kc: usize,
+    w: *const f32,
+    k: usize,
+    init: *const Tile,
+    end: *mut Tile,
+) {
+    let mut acc: [__m512; FEATURES] = std::array::from_fn(|f| _mm512_loadu_ps((*init)[f].as_ptr()));
+    // Packed, the next panel's activations (from L2); in place (the whole row, `kc` = `k`), the next tile's
+    // rows, `FEATURES` floats per step.
+    let next = if PACKED { xp.wrapping_add(panel_len) } else { w.wrapping_add(FEATURES * k) };
+    for kk in 0..kc {
+        if PACKED {
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * LANES) as *const i8);
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * FEATURES) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * FEATURES + LANES) as *const i8);
         }
+        let x = _mm512_loadu_ps(xp.add(kk * LANES));
+        for (f, a) in acc.iter_mut().enumerate() {
+            let wf = if PACKED { w.add(kk * FEATURES + f) } else { w.add(f * k + kk) };
+            *a = _mm512_fmadd_ps(x, _mm512_set1_ps(*wf), *a);
+        }
+    }
+    for (f, a) in acc.iter().enumerate() {
+        _mm512_storeu_ps((*end)[f].as_mut_ptr(), *a);
+    }
+}
+
+/// A tile narrower than `FEATURES` (the last outputs of a matrix whose size is not a multiple of it), one output
+/// at a time from the stored rows.
+///
+/// # Safety
+/// As `tile_kernel::<false>`, for `width` rows of `w`.
+#[target_feature(enable = "avx512f")]
+unsafe fn narrow(xp: *const f32, kc: usize, w: *const f32, k: usize, width: usize, init: *const Tile, end: *mut Tile) {
+    for j in 0..width {
+        let (w, init) = (w.add(j * k), &(*init)[j]);
+        let mut acc = _mm512_loadu_ps(init.as_ptr());
+        for kk in 0..kc {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(kk * LANES)), _mm512_set1_ps(*w.add(kk)), acc);
+        }
+        _mm512_storeu_ps((*end)[j].as_mut_ptr(), acc);
+    }
+}
+
+/// `x = LN(x + delta)` for every token, `x` and `delta` in panels of `h` = `g.len()` columns: sixteen tokens at a
+/// time, one per lane.
+pub(crate) fn add_layer_norm_panels(xp: &mut [f32], delta: &[f32], g: &[f32], b: &[f32], eps: f32) {
+    let h = g.len();
+    assert!(available() && h > 0 && b.len() == h && xp.len() == delta.len() && xp.len().is_multiple_of(h * LANES));
+    xp.par_chunks_mut(h * LANES).zip(delta.par_chunks(h * LANES)).for_each(|(x, d)| {
+        // SAFETY: AVX-512F is present (asserted); x and d hold h·LANES floats, g and b h floats.
+        unsafe { layer_norm_panel(x, d, g, b, eps) }
+    });
+}
+
+/// One panel of `add_layer_norm_panels`, with `f32_ops::layer_norm_row`'s formula.
+///
+/// # Safety
+/// AVX-512F; `x` and `d` hold `g.len()·LANES` floats, `b` `g.len()`.
+#[target_feature(enable = "avx512f")]
+unsafe fn layer_norm_panel(x: &mut [f32], d: &[f32], g: &[f32], b: &[f32], eps: f32) {
+    let h = g.len();
+    let (x, d) = (x.as_mut_ptr(), d.as_ptr());
+    let n = _mm512_set1_ps(h as f32);
+    let mut sum = _mm512_setzero_ps();
+    for c in 0..h {
+        let v = _mm512_add_ps(_mm512_loadu_ps(x.add(c * LANES)), _mm512_loadu_ps(d.add(c * LANES)));
+        _mm512_storeu_ps(x.add(c * LANES), v);
+        sum = _mm512_add_ps(sum, v);
+    }
+    let mean = _mm512_div_ps(sum, n);
+    let mut sq = _mm512_setzero_ps();
+    for c in 0..h {
+        let dev = _mm512_sub_ps(_mm512_loadu_ps(x.add(c * LANES)), mean);
+        sq = _mm512_fmadd_ps(dev, dev, sq);
+    }
+    let inv =
+        _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_sqrt_ps(_mm512_add_ps(_mm512_div_ps(sq, n), _mm512_set1_ps(eps))));
+    for c in 0..h {
+        let v = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x.add(c * LANES)), mean), inv);
+        _mm512_storeu_ps(x.add(c * LANES), _mm512_fmadd_ps(v, _mm512_set1_ps(g[c]), _mm512_set1_ps(b[c])));
     }
 }
 
 /// The activation over whole tiles, compiled with AVX-512 so the branch-free math vectorises 16 wide.
 #[target_feature(enable = "avx512f")]
-fn activate(tiles: &mut [[[f32; LANES]; FEATURES]], act: Activation) {
+fn activate(tiles: &mut [Tile], act: Activation) {
     let v = tiles.as_flattened_mut().as_flattened_mut();
     match act {
         Activation::Gelu => v.iter_mut().for_each(|x| *x = gelu(*x)),
@@ -367,7 +579,8 @@ mod tests {
     }
 
     /// Tokens around the panel and tile edges, inner sizes of MiniLM and odd ones, outputs not a multiple of
-    /// the tile: every output against an f64 reference, and the columns no projection owns left alone.
+    /// the tile, weights read in place and packed: every output against an f64 reference, the columns no
+    /// projection owns left alone, and the panel layout holding the same bits.
     #[test]
     fn projections_match_an_f64_reference() {
         if !available() {
@@ -383,6 +596,9 @@ mod tests {
             (33, 7, 25, Some(Activation::GeluTanh)),
             (64, 96, 36, Some(Activation::Silu)),
             (47, 64, 12, Some(Activation::Relu)),
+            // Packed tiles over several inner blocks, and (k = 1536) several token blocks.
+            (50, 300, 48, None),
+            (170, 1536, 30, Some(Activation::Gelu)),
         ] {
             let x = random(t * k, 1);
             let (w1, b1) = (random(n * k, 2), random(n, 3));
@@ -395,7 +611,12 @@ mod tests {
             let dst_rs = if act.is_some() { n } else { 2 * n + 5 };
             let mut dst = vec![f32::NAN; t * dst_rs];
             pack_tokens(&x, t, k, &mut packed);
-            linear(&packed, t, k, &projections, &mut dst, dst_rs, act);
+            linear(&packed, t, k, &projections, &mut dst, dst_rs, act, Layout::Rows);
+            // The same outputs as panels, unpacked, in every column a projection owns.
+            let mut panels = vec![f32::NAN; t.div_ceil(LANES) * dst_rs * LANES];
+            linear(&packed, t, k, &projections, &mut panels, dst_rs, act, Layout::Panels);
+            let mut unpacked = vec![f32::NAN; t * dst_rs];
+            unpack_tokens(&panels, t, dst_rs, &mut unpacked);
             let mut owned = vec![false; dst_rs];
             for p in &projections {
                 owned[p.col0..p.col0 + n].iter_mut().for_each(|o| *o = true);
@@ -412,6 +633,8 @@ mod tests {
                         };
                         let got = f64::from(dst[r * dst_rs + p.col0 + f]);
                         assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "t {t} k {k} n {n}: {got} vs {want}");
+                        let at = r * dst_rs + p.col0 + f;
+                        assert_eq!(unpacked[at].to_bits(), dst[at].to_bits(), "t {t} k {k} n {n}: panels differ");
                     }
                 }
             }
@@ -420,6 +643,53 @@ mod tests {
                     assert!(dst[r * dst_rs + c].is_nan(), "t {t} k {k} n {n}: column {c} was written");
                 }
             }
+        }
+    }
+
+    /// Layer norm over panels against the row kernel, for token counts around a panel.
+    #[test]
+    fn panel_layer_norm_matches_the_row_kernel() {
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: the kernels are not used, nothing to check");
+            return;
+        }
+        let h = 40;
+        let (g, b) = (random(h, 7), random(h, 8));
+        for t in [1, 16, 21] {
+            let (x, d) = (random(t * h, 9), random(t * h, 10));
+            let (mut xp, mut dp) = (Vec::new(), Vec::new());
+            pack_tokens(&x, t, h, &mut xp);
+            pack_tokens(&d, t, h, &mut dp);
+            add_layer_norm_panels(&mut xp, &dp, &g, &b, 1e-12);
+            let mut got = vec![0f32; t * h];
+            unpack_tokens(&xp, t, h, &mut got);
+            let mut want = x.clone();
+            super::super::f32_ops::add_layer_norm(&mut want, &d, &g, &b, 1e-12);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < 1e-5, "t {t} element {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Head-major attention output packed as the panels of its interleaved rows.
+    #[test]
+    fn heads_pack_as_their_interleaved_rows() {
+        if !available() {
+            eprintln!("no AVX-512F on this CPU: the kernels are not used, nothing to check");
+            return;
+        }
+        let (n_heads, d) = (3, 20);
+        let h = n_heads * d;
+        for t in [1, 17, 32] {
+            let heads = random(n_heads * t * d, 11);
+            let rows: Vec<f32> = (0..t)
+                .flat_map(|r| (0..h).map(move |c| (r, c)))
+                .map(|(r, c)| heads[(c / d * t + r) * d + c % d])
+                .collect();
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            pack_heads(&heads, t, n_heads, d, &mut got);
+            pack_tokens(&rows, t, h, &mut want);
+            assert_eq!(got, want, "t {t}");
         }
     }
 
@@ -456,6 +726,46 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::super::f32_matmul::{project, Projection};
+    use super::*;
+
+    /// GFLOP/s of MiniLM's products for `T` tokens (448 by default, a batch of 32 sentences), panels in and out,
+    /// against `gemm` on rows (`--ignored --nocapture`).
+    #[test]
+    #[ignore = "timing report, not a check"]
+    fn projection_speed_report() {
+        let t: usize = std::env::var("T").ok().and_then(|v| v.parse().ok()).unwrap_or(448);
+        let x = vec![0.5f32; t * 1536];
+        let w = vec![0.25f32; 1536 * 1536];
+        let b = vec![0.1f32; 1536];
+        let mut packed = Vec::new();
+        for (k, n, parts, act) in
+            [(384, 384, 3, None), (384, 384, 1, None), (384, 1536, 1, Some(Activation::Gelu)), (1536, 384, 1, None)]
+        {
+            let projections: Vec<Projection<'_>> =
+                (0..parts).map(|j| Projection { w: &w[..n * k], b: &b[..n], col0: j * n }).collect();
+            pack_tokens(&x[..t * k], t, k, &mut packed);
+            let mut dst = vec![0f32; t.div_ceil(LANES) * LANES * n * parts];
+            let median = |run: &mut (dyn FnMut() + Send)| {
+                let mut times: Vec<f64> = (0..31)
+                    .map(|_| {
+                        let start = std::time::Instant::now();
+                        crate::kernels::run_pass(crate::kernels::Pass::Encode, &mut *run);
+                        start.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                2.0 * (t * k * n * parts) as f64 / times[15] / 1e9
+            };
+            let ours = median(&mut || linear(&packed, t, k, &projections, &mut dst, n * parts, act, Layout::Panels));
+            let theirs = median(&mut || project(&x[..t * k], t, k, &projections, &mut dst, n * parts, act));
+            println!("t {t} k {k} n {}: panels {ours:.0} GFLOP/s, gemm on rows {theirs:.0} GFLOP/s", n * parts);
         }
     }
 }

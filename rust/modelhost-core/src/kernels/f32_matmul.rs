@@ -1,7 +1,6 @@
 //! Dense f32 matrix products, `x · wᵀ + b` with `w` in PyTorch's `[out, in]` layout: on CPUs with AVX-512 the
-//! kernels of `f32_avx512` for up to `AVX512_MAX_T` tokens; otherwise `gemm` (candle's CPU matmul kernel) for many
-//! rows, and a register-tiled kernel for a few rows, which streams each weight row once where `gemm` would first
-//! pack the weights.
+//! kernels of `f32_avx512`; otherwise `gemm` (candle's CPU matmul kernel) for many rows, and a register-tiled
+//! kernel for a few rows, which streams each weight row once where `gemm` would first pack the weights.
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -22,13 +21,9 @@ pub(crate) struct Projection<'a> {
     pub(crate) col0: usize,
 }
 
-/// At most this many tokens use the AVX-512 kernels where the CPU has them (they read the weights in place, which
-/// wins while the tokens are few); more go to `gemm`, whose packing and cache blocking win on long inputs.
-const AVX512_MAX_T: usize = 64;
-
 /// Every projection of one input `x` (`[t, k]`) into its columns of `dst` (rows `dst_rs` apart), then `act` over
-/// the result (`act` needs a single projection filling whole rows). `packed` is scratch for the AVX-512 kernels.
-#[allow(clippy::too_many_arguments)]
+/// the result (`act` needs a single projection filling whole rows). CPUs with AVX-512 run the encoder on
+/// `f32_avx512` instead.
 pub(crate) fn project(
     x: &[f32],
     t: usize,
@@ -37,16 +32,8 @@ pub(crate) fn project(
     dst: &mut [f32],
     dst_rs: usize,
     act: Option<Activation>,
-    packed: &mut Vec<f32>,
 ) {
     assert!(act.is_none() || (projections.len() == 1 && projections[0].col0 == 0 && projections[0].b.len() == dst_rs));
-    #[cfg(target_arch = "x86_64")]
-    if t <= AVX512_MAX_T && super::f32_avx512::available() {
-        super::f32_avx512::pack_tokens(x, t, k, packed);
-        return super::f32_avx512::linear(packed, t, k, projections, dst, dst_rs, act);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = packed;
     for p in projections {
         linear(x, t, k, p.w, p.b, p.b.len(), dst, dst_rs, p.col0);
     }

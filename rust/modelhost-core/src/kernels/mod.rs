@@ -34,7 +34,7 @@ pub mod dispatch;
 pub mod f16_attention;
 pub(crate) mod f32_attention;
 #[cfg(target_arch = "x86_64")]
-mod f32_avx512;
+pub(crate) mod f32_avx512;
 pub(crate) mod f32_matmul;
 pub(crate) mod f32_ops;
 mod f32_simd;

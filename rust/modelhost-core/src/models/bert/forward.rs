@@ -4,12 +4,15 @@
 use rayon::prelude::*;
 
 use super::folder::BertConfig;
-use super::weights::BertView;
+use super::weights::{BertView, EncoderLayer};
 use crate::kernels::f32_attention;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::f32_avx512;
 use crate::kernels::f32_matmul::{project, Projection};
 use crate::kernels::f32_ops::{self, layer_norm_row, MIN_ROWS};
 
-/// Activations for one batch, sized for the longest batch of the request and reused.
+/// Activations for one batch, grown to the longest batch of the request and reused. Each path uses its own.
+#[derive(Default)]
 pub(super) struct Scratch {
     x: Vec<f32>,
     qkv: Vec<f32>,
@@ -17,23 +20,20 @@ pub(super) struct Scratch {
     ctx: Vec<f32>,
     tmp: Vec<f32>,
     inter: Vec<f32>,
-    /// The current matrix input rearranged for the AVX-512 kernels.
-    packed: Vec<f32>,
+    /// The AVX-512 path's hidden state, attention's output, matrix outputs and feed-forward activations, as
+    /// token panels.
+    x_panels: Vec<f32>,
+    ctx_panels: Vec<f32>,
+    tmp_panels: Vec<f32>,
+    inter_panels: Vec<f32>,
 }
 
-impl Scratch {
-    pub(super) fn new(tokens: usize, c: &BertConfig) -> Self {
-        let h = c.hidden_size;
-        Scratch {
-            x: vec![0.0; tokens * h],
-            qkv: vec![0.0; tokens * 3 * h],
-            heads: vec![0.0; tokens * h],
-            ctx: vec![0.0; tokens * h],
-            tmp: vec![0.0; tokens * h],
-            inter: vec![0.0; tokens * c.intermediate_size],
-            packed: Vec::new(),
-        }
+/// The first `n` floats of `v`, grown (zeroed) if it is shorter.
+fn take(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
     }
+    &mut v[..n]
 }
 
 /// Embedding sums and their layer norm: `x[t] = LN(word[id] + type[tt] + pos[p])`.
@@ -62,9 +62,7 @@ pub(super) fn forward<'s>(
 ) -> &'s [f32] {
     let h = c.hidden_size;
     let t: usize = seqs.iter().map(|(ids, _)| ids.len()).sum();
-    let eps = c.layer_norm_eps;
-    let x = &mut s.x[..t * h];
-    embed(w, seqs, h, eps, x);
+    embed(w, seqs, h, c.layer_norm_eps, take(&mut s.x, t * h));
     let spans: Vec<(usize, usize)> = seqs
         .iter()
         .scan(0, |start, (ids, _)| {
@@ -73,27 +71,69 @@ pub(super) fn forward<'s>(
             Some(span)
         })
         .collect();
-    let qkv = &mut s.qkv[..t * 3 * h];
-    let heads = &mut s.heads[..t * h];
-    let ctx = &mut s.ctx[..t * h];
-    let tmp = &mut s.tmp[..t * h];
-    let inter = &mut s.inter[..t * c.intermediate_size];
-    let packed = &mut s.packed;
-    let ffn = c.intermediate_size;
+    #[cfg(target_arch = "x86_64")]
+    if f32_avx512::available() {
+        layers_in_panels(w, c, t, &spans, s);
+        return &s.x[..t * h];
+    }
+    layers_in_rows(w, c, t, &spans, s);
+    &s.x[..t * h]
+}
+
+/// The layers over token rows (`f32_matmul::project` picks the kernels).
+fn layers_in_rows(w: &BertView<'_>, c: &BertConfig, t: usize, spans: &[(usize, usize)], s: &mut Scratch) {
+    let (h, ffn, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+    let x = &mut s.x[..t * h];
+    let qkv = take(&mut s.qkv, t * 3 * h);
+    let heads = take(&mut s.heads, t * h);
+    let ctx = take(&mut s.ctx, t * h);
+    let tmp = take(&mut s.tmp, t * h);
+    let inter = take(&mut s.inter, t * ffn);
     let one = |w, b| [Projection { w, b, col0: 0 }];
     for l in &w.layers {
-        let qkv_proj = [
-            Projection { w: l.q_w, b: l.q_b, col0: 0 },
-            Projection { w: l.k_w, b: l.k_b, col0: h },
-            Projection { w: l.v_w, b: l.v_b, col0: 2 * h },
-        ];
-        project(x, t, h, &qkv_proj, qkv, 3 * h, None, packed);
-        f32_attention::attention(qkv, &spans, c.num_attention_heads, h, heads, ctx);
-        project(ctx, t, h, &one(l.o_w, l.o_b), tmp, h, None, packed);
+        project(x, t, h, &qkv_projections(l, h), qkv, 3 * h, None);
+        f32_attention::attention(qkv, spans, c.num_attention_heads, h, heads, ctx);
+        project(ctx, t, h, &one(l.o_w, l.o_b), tmp, h, None);
         f32_ops::add_layer_norm(x, tmp, l.ln1_g, l.ln1_b, eps);
-        project(x, t, h, &one(l.i_w, l.i_b), inter, ffn, Some(c.activation), packed);
-        project(inter, t, ffn, &one(l.out_w, l.out_b), tmp, h, None, packed);
+        project(x, t, h, &one(l.i_w, l.i_b), inter, ffn, Some(c.activation));
+        project(inter, t, ffn, &one(l.out_w, l.out_b), tmp, h, None);
         f32_ops::add_layer_norm(x, tmp, l.ln2_g, l.ln2_b, eps);
     }
-    &s.x[..t * h]
+}
+
+/// The layers with the hidden state kept in the AVX-512 kernels' token panels: the products read and write
+/// panels, and only attention's input and output change layout (its rows are per sequence).
+#[cfg(target_arch = "x86_64")]
+fn layers_in_panels(w: &BertView<'_>, c: &BertConfig, t: usize, spans: &[(usize, usize)], s: &mut Scratch) {
+    use f32_avx512::{add_layer_norm_panels, linear, pack_heads, pack_tokens, unpack_tokens, Layout, LANES};
+    let (h, ffn, eps, n_heads) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps, c.num_attention_heads);
+    let rows = t.div_ceil(LANES) * LANES;
+    let xp = &mut s.x_panels;
+    pack_tokens(&s.x[..t * h], t, h, xp);
+    let qkv = take(&mut s.qkv, t * 3 * h);
+    let heads = take(&mut s.heads, t * h);
+    let ctx = &mut s.ctx_panels;
+    let tmp = take(&mut s.tmp_panels, rows * h);
+    let inter = take(&mut s.inter_panels, rows * ffn);
+    let one = |w, b| [Projection { w, b, col0: 0 }];
+    for l in &w.layers {
+        linear(xp, t, h, &qkv_projections(l, h), qkv, 3 * h, None, Layout::Rows);
+        f32_attention::attend_heads(qkv, spans, n_heads, h, t, heads);
+        pack_heads(heads, t, n_heads, h / n_heads, ctx);
+        linear(ctx, t, h, &one(l.o_w, l.o_b), tmp, h, None, Layout::Panels);
+        add_layer_norm_panels(xp, tmp, l.ln1_g, l.ln1_b, eps);
+        linear(xp, t, h, &one(l.i_w, l.i_b), inter, ffn, Some(c.activation), Layout::Panels);
+        linear(inter, t, ffn, &one(l.out_w, l.out_b), tmp, h, None, Layout::Panels);
+        add_layer_norm_panels(xp, tmp, l.ln2_g, l.ln2_b, eps);
+    }
+    unpack_tokens(xp, t, h, &mut s.x[..t * h]);
+}
+
+/// A layer's query, key and value projections, side by side in one `[T, 3h]` output.
+fn qkv_projections<'w>(l: &EncoderLayer<&'w [f32]>, h: usize) -> [Projection<'w>; 3] {
+    [
+        Projection { w: l.q_w, b: l.q_b, col0: 0 },
+        Projection { w: l.k_w, b: l.k_b, col0: h },
+        Projection { w: l.v_w, b: l.v_b, col0: 2 * h },
+    ]
 }

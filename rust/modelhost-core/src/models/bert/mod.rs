@@ -173,8 +173,7 @@ impl EmbeddingModel {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].0.len()));
         let view = self.weights.view(self.bytes.as_slice());
-        let max_len = order.first().map_or(0, |&i| encoded[i].0.len());
-        let mut scratch = Scratch::new(BATCH_SIZE.min(texts.len()) * max_len, &self.folder.bert);
+        let mut scratch = Scratch::default();
         let mut pooled = Vec::new();
         for batch in order.chunks(BATCH_SIZE) {
             let seqs: Vec<(&[u32], &[u32])> =
