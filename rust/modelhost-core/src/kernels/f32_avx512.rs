@@ -456,7 +456,7 @@ pub(crate) fn attend_short(
     assert!(col + 2 * h + d <= stride && (start + len) * stride <= qkv.len() && out.len() == len * d);
     let keys = len.div_ceil(LANES) * LANES;
     kt.clear();
-    kt.resize(d * keys + keys, 0.0);
+    kt.resize(d * keys + QUERY_ROWS * keys, 0.0);
     let (kt, probs) = kt.split_at_mut(d * keys);
     for c in 0..len {
         let key = &qkv[(start + c) * stride + h + col..][..d];
@@ -464,70 +464,101 @@ pub(crate) fn attend_short(
             kt[dd * keys + c] = v;
         }
     }
-    for (r, o) in out.chunks_exact_mut(d).enumerate() {
-        let q = &qkv[(start + r) * stride + col..][..d];
-        // SAFETY: AVX-512F is present (asserted); kt holds d·keys floats, probs keys floats, q d floats, o d
-        // floats, and each value row read is inside qkv (asserted above).
-        unsafe {
-            scores_row(q, kt, keys, len, scale, probs);
-            weighted_values(qkv, stride, 2 * h + col + start * stride, d, len, probs, o);
-        }
+    let mut r = 0;
+    while r < len {
+        let queries = (start + r) * stride + col;
+        let (values, out) = (2 * h + col + start * stride, &mut out[r * d..]);
+        // SAFETY: AVX-512F is present (asserted); kt holds d·keys floats and probs QUERY_ROWS·keys; each query
+        // row (start + r + i < start + len) and each value row is inside qkv, and out holds the rows r + i < len
+        // (asserted above).
+        r += unsafe {
+            match len - r {
+                8.. => query_rows::<8>(qkv, stride, queries, values, d, len, kt, keys, scale, probs, out),
+                4.. => query_rows::<4>(qkv, stride, queries, values, d, len, kt, keys, scale, probs, out),
+                _ => query_rows::<1>(qkv, stride, queries, values, d, len, kt, keys, scale, probs, out),
+            }
+        };
     }
 }
 
-/// `probs[c] = softmax_c(q · k_c · scale)` for the `len` keys of `kt` (`[d][keys]`), zero past `len`.
+/// Query rows attended together, so each key and value load feeds that many independent FMA chains.
+const QUERY_ROWS: usize = 8;
+
+/// `R` consecutive query rows of `attend_short` (the first at `qkv[queries]`, the next `stride` on): their
+/// scores against the `len` keys of `kt` (`[d][keys]`), softmax, and weighted sums of the value rows (the first
+/// at `qkv[values]`) into the first `R` rows of `out`. Returns `R`.
 ///
 /// # Safety
-/// AVX-512F; `kt.len()` = `q.len()·keys`, `probs.len()` = `keys`, `keys` a multiple of `LANES` ≥ `len`.
+/// AVX-512F; `R` ≤ `QUERY_ROWS`; `d` a multiple of `LANES`; `kt` holds `d·keys` floats and `probs`
+/// `QUERY_ROWS·keys`, `keys` a multiple of `LANES` ≥ `len`; the `R` query rows and `len` value rows of `d`
+/// floats are inside `qkv`, and `out` holds `R·d` floats.
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_row(q: &[f32], kt: &[f32], keys: usize, len: usize, scale: f32, probs: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn query_rows<const R: usize>(
+    qkv: &[f32],
+    stride: usize,
+    queries: usize,
+    values: usize,
+    d: usize,
+    len: usize,
+    kt: &[f32],
+    keys: usize,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) -> usize {
+    let (qkv, kt, probs, out) = (qkv.as_ptr(), kt.as_ptr(), probs.as_mut_ptr(), out.as_mut_ptr());
+    let scale = _mm512_set1_ps(scale);
+    for c0 in (0..keys).step_by(LANES) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for dd in 0..d {
+            let k = _mm512_loadu_ps(kt.add(dd * keys + c0));
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*qkv.add(queries + i * stride + dd)), k, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(probs.add(i * keys + c0), _mm512_mul_ps(*a, scale));
+        }
+    }
+    for i in 0..R {
+        softmax(probs.add(i * keys), keys, len);
+    }
+    for d0 in (0..d).step_by(LANES) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for c in 0..len {
+            let v = _mm512_loadu_ps(qkv.add(values + c * stride + d0));
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*probs.add(i * keys + c)), v, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(i * d + d0), *a);
+        }
+    }
+    R
+}
+
+/// `p[c] = softmax_c(p[c])` over the first `len` of `keys` scores, zero past `len`.
+///
+/// # Safety
+/// AVX-512F; `p` holds `keys` floats, `keys` a multiple of `LANES` ≥ `len`.
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax(p: *mut f32, keys: usize, len: usize) {
     let mut max = f32::NEG_INFINITY;
     for c0 in (0..keys).step_by(LANES) {
-        let mut acc = _mm512_setzero_ps();
-        for (dd, &qd) in q.iter().enumerate() {
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(qd), _mm512_loadu_ps(kt.as_ptr().add(dd * keys + c0)), acc);
-        }
-        let valid = lanes_below(len.saturating_sub(c0));
-        let s = _mm512_mul_ps(acc, _mm512_set1_ps(scale));
-        max = max.max(_mm512_mask_reduce_max_ps(valid, s));
-        _mm512_storeu_ps(probs.as_mut_ptr().add(c0), s);
+        max = max.max(_mm512_mask_reduce_max_ps(lanes_below(len.saturating_sub(c0)), _mm512_loadu_ps(p.add(c0))));
     }
     let mut sum = _mm512_setzero_ps();
     for c0 in (0..keys).step_by(LANES) {
         let valid = lanes_below(len.saturating_sub(c0));
-        let s = _mm512_loadu_ps(probs.as_ptr().add(c0));
-        let e = _mm512_maskz_mov_ps(valid, exp(_mm512_sub_ps(s, _mm512_set1_ps(max))));
+        let e = _mm512_maskz_mov_ps(valid, exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(c0)), _mm512_set1_ps(max))));
         sum = _mm512_add_ps(sum, e);
-        _mm512_storeu_ps(probs.as_mut_ptr().add(c0), e);
+        _mm512_storeu_ps(p.add(c0), e);
     }
     let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
     for c0 in (0..keys).step_by(LANES) {
-        let p = probs.as_mut_ptr().add(c0);
-        _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), inv));
-    }
-}
-
-/// `o = Σ_c probs[c] · v_c` over `len` value rows of `d` floats at `qkv[first + c·stride]`.
-///
-/// # Safety
-/// AVX-512F; `d` a multiple of `LANES` and `o.len()` = `d`; every value row inside `qkv`; `probs.len()` ≥ `len`.
-#[target_feature(enable = "avx512f")]
-unsafe fn weighted_values(
-    qkv: &[f32],
-    stride: usize,
-    first: usize,
-    d: usize,
-    len: usize,
-    probs: &[f32],
-    o: &mut [f32],
-) {
-    for d0 in (0..d).step_by(LANES) {
-        let mut acc = _mm512_setzero_ps();
-        for (c, &p) in probs[..len].iter().enumerate() {
-            let v = _mm512_loadu_ps(qkv.as_ptr().add(first + c * stride + d0));
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(p), v, acc);
-        }
-        _mm512_storeu_ps(o.as_mut_ptr().add(d0), acc);
+        _mm512_storeu_ps(p.add(c0), _mm512_mul_ps(_mm512_loadu_ps(p.add(c0)), inv));
     }
 }
 
