@@ -28,6 +28,15 @@ pub(super) struct Scratch {
     inter_panels: Vec<f32>,
 }
 
+impl Scratch {
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        let buffers = [&self.x, &self.qkv, &self.heads, &self.ctx, &self.tmp, &self.inter];
+        let panels = [&self.x_panels, &self.ctx_panels, &self.tmp_panels, &self.inter_panels];
+        buffers.iter().chain(&panels).map(|v| v.capacity() * size_of::<f32>()).sum()
+    }
+}
+
 /// The first `n` floats of `v`, grown (zeroed) if it is shorter.
 fn take(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {

@@ -31,7 +31,7 @@ mod tests;
 mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, TryLockError};
 
 use crate::error::{Error, Result};
 use crate::formats::safetensors as st;
@@ -47,6 +47,8 @@ use weights::{load_weights, plan_weights, BertWeights, Planner};
 const BATCH_SIZE: usize = 32;
 /// Texts tokenized per call while preparing a request, so tokenizer scratch stays bounded.
 const TOKENIZE_GROUP: usize = 1024;
+/// Activations kept between requests at most (32 sentences of ~45 tokens on MiniLM); larger ones are freed.
+const KEEP_SCRATCH_BYTES: usize = 32 << 20;
 /// Share of the progress bar spent reading the file when `try_mmap` is false.
 const READ_SHARE: f32 = 0.8;
 
@@ -103,6 +105,9 @@ pub struct EmbeddingModel {
     max_tokens: usize,
     bytes: FileBytes,
     weights: BertWeights,
+    /// The last request's activations, kept for the next one while at most `KEEP_SCRATCH_BYTES` (so a stream of
+    /// batches does not fault in fresh pages each call); a request that finds it in use takes its own.
+    scratch: Mutex<Scratch>,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -145,7 +150,7 @@ impl EmbeddingModel {
         let (bytes, weights, header) = weights?;
         let tokenizer = tokenizer?;
         let info = folder.info(&header)?;
-        Ok(EmbeddingModel { folder, info, tokenizer, max_tokens, bytes, weights })
+        Ok(EmbeddingModel { folder, info, tokenizer, max_tokens, bytes, weights, scratch: Mutex::default() })
     }
 
     /// The token ids the model sees for `text`: `[CLS] … [SEP]`, truncated to the context length.
@@ -173,13 +178,20 @@ impl EmbeddingModel {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].0.len()));
         let view = self.weights.view(self.bytes.as_slice());
-        let mut scratch = Scratch::default();
+        let mut kept = match self.scratch.try_lock() {
+            Ok(scratch) => Some(scratch),
+            // Only buffers: one a panicking request left behind is as good as new.
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        let mut own = Scratch::default();
+        let scratch = kept.as_deref_mut().unwrap_or(&mut own);
         let mut pooled = Vec::new();
         for batch in order.chunks(BATCH_SIZE) {
             let seqs: Vec<(&[u32], &[u32])> =
                 batch.iter().map(|&i| (encoded[i].0.as_slice(), encoded[i].1.as_slice())).collect();
             self.check_ids(&seqs)?;
-            let hidden = forward(&view, &self.folder.bert, &seqs, &mut scratch);
+            let hidden = forward(&view, &self.folder.bert, &seqs, scratch);
             // Weights are read in place from the mapping: a truncated file reads as zeros, not a result.
             storage::check_intact(&self.bytes)?;
             pool(hidden, &seqs, self.folder.bert.hidden_size, &self.folder.pooling, &mut pooled);
@@ -190,6 +202,9 @@ impl EmbeddingModel {
                     normalize(dst);
                 }
             }
+        }
+        if scratch.bytes() > KEEP_SCRATCH_BYTES {
+            *scratch = Scratch::default();
         }
         Ok(out)
     }
