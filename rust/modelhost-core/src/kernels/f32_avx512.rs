@@ -68,8 +68,8 @@ pub(crate) fn unpack_tokens(xp: &[f32], t: usize, k: usize, dst: &mut [f32]) {
     });
 }
 
+/// `out` sized for `t` tokens' panels of `k` columns, its contents left for the packing to overwrite.
 fn resize_panels(out: &mut Vec<f32>, t: usize, k: usize) {
-    out.clear();
     out.resize(t.div_ceil(LANES) * k * LANES, 0.0);
 }
 
@@ -269,7 +269,13 @@ unsafe fn task(
                 for q in q0..q1 {
                     let xq = xp.as_ptr().add(q * panel_len + k0 * LANES);
                     let init: *const Tile = if k0 == 0 { &bias } else { &partial[q - q0] };
-                    let end: *mut Tile = if last { &mut out } else { &mut partial[q - q0] };
+                    // A whole tile of panel output is the panel's own memory: the kernel ends there.
+                    let direct = last && layout == Layout::Panels && width == FEATURES;
+                    let end: *mut Tile = match (last, direct) {
+                        (true, true) => dst.0.add((q * dst_rs + p.col0 + f) * LANES).cast(),
+                        (true, false) => &mut out,
+                        (false, _) => &mut partial[q - q0],
+                    };
                     if packed {
                         tile_kernel::<true>(xq, panel_len, kc, weights.as_ptr(), k, init, end);
                     } else if width == FEATURES {
@@ -279,7 +285,10 @@ unsafe fn task(
                     }
                     if last {
                         if let Some(act) = act {
-                            activate(std::slice::from_mut(&mut out), act);
+                            activate(std::slice::from_mut(&mut *end), act);
+                        }
+                        if direct {
+                            continue;
                         }
                         let tile = out.as_ptr() as *const f32;
                         match layout {
