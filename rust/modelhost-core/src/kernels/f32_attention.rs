@@ -12,7 +12,8 @@ pub(crate) const ATTENTION_GEMM_LEN: usize = 48;
 
 /// Multi-head self-attention of each sequence (`spans` = (first token, length)) over the packed
 /// `[T, 3h]` query/key/value rows. Heads run in parallel into the head-major `heads` buffer
-/// (`[n_heads, T, d]`), which is then interleaved into `ctx` (`[T, h]`).
+/// (`[n_heads, T, d]`), which is then interleaved into `ctx` (`[T, h]`). (CPUs with AVX-512 run the encoder's
+/// attention on `f32_avx512::attention_panels`.)
 pub(crate) fn attention(
     qkv: &[f32],
     spans: &[(usize, usize)],
@@ -23,40 +24,20 @@ pub(crate) fn attention(
 ) {
     let d = h / n_heads;
     let t = ctx.len() / h;
-    attend_heads(qkv, spans, n_heads, h, t, heads);
-    ctx.par_chunks_mut(h).enumerate().with_min_len(MIN_ROWS).for_each(|(tok, row)| {
-        for (head, dst) in row.chunks_exact_mut(d).enumerate() {
-            dst.copy_from_slice(&heads[(head * t + tok) * d..][..d]);
-        }
-    });
-}
-
-/// `attention` up to the head-major `heads` buffer (`[n_heads, t, d]`).
-pub(crate) fn attend_heads(
-    qkv: &[f32],
-    spans: &[(usize, usize)],
-    n_heads: usize,
-    h: usize,
-    t: usize,
-    heads: &mut [f32],
-) {
-    let d = h / n_heads;
     assert!(qkv.len() >= t * 3 * h && heads.len() >= t * h && spans.iter().all(|&(s, l)| s + l <= t));
     let scale = 1.0 / (d as f32).sqrt();
-    #[cfg(target_arch = "x86_64")]
-    let short_avx512 = super::f32_avx512::available() && d.is_multiple_of(super::f32_avx512::LANES);
     heads[..t * h].par_chunks_mut(t * d).enumerate().for_each(|(head, out)| {
         let mut scores = Vec::new();
         for &(start, len) in spans {
             let out = &mut out[start * d..(start + len) * d];
-            #[cfg(target_arch = "x86_64")]
-            if short_avx512 && len < ATTENTION_GEMM_LEN {
-                super::f32_avx512::attend_short(qkv, 3 * h, h, d, head * d, start, len, scale, &mut scores, out);
-                continue;
-            }
             scores.clear();
             scores.resize(len * len, 0.0);
             attend(qkv, h, d, head * d, start, len, scale, &mut scores, out);
+        }
+    });
+    ctx.par_chunks_mut(h).enumerate().with_min_len(MIN_ROWS).for_each(|(tok, row)| {
+        for (head, dst) in row.chunks_exact_mut(d).enumerate() {
+            dst.copy_from_slice(&heads[(head * t + tok) * d..][..d]);
         }
     });
 }

@@ -110,29 +110,27 @@ fn layers_in_rows(w: &BertView<'_>, c: &BertConfig, t: usize, spans: &[(usize, u
     }
 }
 
-/// The layers with the hidden state kept in the AVX-512 kernels' token panels: the products read and write
-/// panels, and only attention's input and output change layout (its rows are per sequence).
+/// The layers with the hidden state kept in the AVX-512 kernels' token panels, which every step reads and
+/// writes: products, attention and layer norms.
 #[cfg(target_arch = "x86_64")]
 fn layers_in_panels(w: &BertView<'_>, c: &BertConfig, t: usize, spans: &[(usize, usize)], s: &mut Scratch) {
-    use f32_avx512::{add_layer_norm_panels, linear, pack_heads, pack_tokens, unpack_tokens, Layout, LANES};
+    use f32_avx512::{add_layer_norm_panels, attention_panels, linear, pack_tokens, unpack_tokens, LANES};
     let (h, ffn, eps, n_heads) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps, c.num_attention_heads);
     let rows = t.div_ceil(LANES) * LANES;
     let xp = &mut s.x_panels;
     pack_tokens(&s.x[..t * h], t, h, xp);
-    let qkv = take(&mut s.qkv, t * 3 * h);
-    let heads = take(&mut s.heads, t * h);
-    let ctx = &mut s.ctx_panels;
+    let qkv = take(&mut s.qkv, rows * 3 * h);
+    let ctx = take(&mut s.ctx_panels, rows * h);
     let tmp = take(&mut s.tmp_panels, rows * h);
     let inter = take(&mut s.inter_panels, rows * ffn);
     let one = |w, b| [Projection { w, b, col0: 0 }];
     for l in &w.layers {
-        linear(xp, t, h, &qkv_projections(l, h), qkv, 3 * h, None, Layout::Rows);
-        f32_attention::attend_heads(qkv, spans, n_heads, h, t, heads);
-        pack_heads(heads, t, n_heads, h / n_heads, ctx);
-        linear(ctx, t, h, &one(l.o_w, l.o_b), tmp, h, None, Layout::Panels);
+        linear(xp, t, h, &qkv_projections(l, h), qkv, 3 * h, None);
+        attention_panels(qkv, t, spans, n_heads, h, ctx);
+        linear(ctx, t, h, &one(l.o_w, l.o_b), tmp, h, None);
         add_layer_norm_panels(xp, tmp, l.ln1_g, l.ln1_b, eps);
-        linear(xp, t, h, &one(l.i_w, l.i_b), inter, ffn, Some(c.activation), Layout::Panels);
-        linear(inter, t, ffn, &one(l.out_w, l.out_b), tmp, h, None, Layout::Panels);
+        linear(xp, t, h, &one(l.i_w, l.i_b), inter, ffn, Some(c.activation));
+        linear(inter, t, ffn, &one(l.out_w, l.out_b), tmp, h, None);
         add_layer_norm_panels(xp, tmp, l.ln2_g, l.ln2_b, eps);
     }
     unpack_tokens(xp, t, h, &mut s.x[..t * h]);
