@@ -371,18 +371,20 @@ unsafe fn layer_norm_panel(x: &mut [f32], d: &[f32], g: &[f32], b: &[f32], eps: 
     let h = g.len();
     let (x, d) = (x.as_mut_ptr(), d.as_ptr());
     let n = _mm512_set1_ps(h as f32);
-    let mut sum = _mm512_setzero_ps();
+    // Four partial sums, so the adds do not wait on one another.
+    let mut sum = [_mm512_setzero_ps(); 4];
     for c in 0..h {
         let v = _mm512_add_ps(_mm512_loadu_ps(x.add(c * LANES)), _mm512_loadu_ps(d.add(c * LANES)));
         _mm512_storeu_ps(x.add(c * LANES), v);
-        sum = _mm512_add_ps(sum, v);
+        sum[c % 4] = _mm512_add_ps(sum[c % 4], v);
     }
-    let mean = _mm512_div_ps(sum, n);
-    let mut sq = _mm512_setzero_ps();
+    let mean = _mm512_div_ps(_mm512_add_ps(_mm512_add_ps(sum[0], sum[1]), _mm512_add_ps(sum[2], sum[3])), n);
+    let mut sq = [_mm512_setzero_ps(); 4];
     for c in 0..h {
         let dev = _mm512_sub_ps(_mm512_loadu_ps(x.add(c * LANES)), mean);
-        sq = _mm512_fmadd_ps(dev, dev, sq);
+        sq[c % 4] = _mm512_fmadd_ps(dev, dev, sq[c % 4]);
     }
+    let sq = _mm512_add_ps(_mm512_add_ps(sq[0], sq[1]), _mm512_add_ps(sq[2], sq[3]));
     let inv =
         _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_sqrt_ps(_mm512_add_ps(_mm512_div_ps(sq, n), _mm512_set1_ps(eps))));
     for c in 0..h {
