@@ -1,11 +1,11 @@
-//! AVX-512 f32 matrix products for the embedding encoder, `act(x · wᵀ + b)` with `w` in PyTorch's `[out, in]`
-//! layout, used where the CPU has AVX-512F (checked once at run time, so the wheel keeps its x86-64-v3 baseline),
-//! as torch's oneDNN picks its AVX-512 kernels; and the encoder's other steps on the same layout.
+//! AVX-512 f32 kernels for the embedding encoder, used where the CPU has AVX-512F (checked once at run time, so the
+//! wheel keeps its x86-64-v3 baseline), as torch's oneDNN picks its AVX-512 kernels: the matrix products
+//! `act(x · wᵀ + b)` with `w` in PyTorch's `[out, in]` layout, attention and layer norm, all on one layout.
 //!
 //! The lanes run over tokens, not over the inner dimension: activations live in panels of 16 tokens
 //! (`[panel][column][lane]`, made by `pack_tokens` or written so by the previous product), and each weight element
 //! is broadcast against a panel. So no output needs a horizontal sum, each output starts from its bias, and the
-//! activation runs on the tile while it is in registers' reach. A tile is one panel × 24 outputs: 24
+//! activation runs on the tile while it is in L1. A tile is one panel × 24 outputs: 24
 //! accumulators, each activation load feeding 24 FMAs. With several panels, a tile's weights are first packed
 //! in broadcast order, one inner block at a time, and every panel's block of activations streams past them
 //! (the weights stay in L1, the activations in L2); with one or two panels the weights are read in place from
@@ -152,7 +152,6 @@ unsafe impl Sync for SharedDst {}
 /// the last token, panel lanes hold values that mean nothing.
 ///
 /// Panics unless `available()`, or if a shape disagrees.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     xp: &[f32],
     t: usize,
