@@ -212,7 +212,7 @@ unsafe fn task(
 ) {
     let panel_len = k * LANES;
     let panels = xp.len() / panel_len;
-    let block = (BLOCK_BYTES / (panel_len * 4)).clamp(1, panels);
+    let block = (BLOCK_BYTES / (panel_len * 4)).clamp(1, panels.max(1));
     let mut partial = vec![[[0f32; LANES]; FEATURES]; if k > KC && block >= PACK_FROM_PANELS { block } else { 0 }];
     let mut weights = [0f32; KC * FEATURES];
     let mut bias = [[0f32; LANES]; FEATURES];
