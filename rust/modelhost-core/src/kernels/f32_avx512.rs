@@ -39,7 +39,7 @@ pub(crate) fn pack_tokens(x: &[f32], t: usize, k: usize, out: &mut Vec<f32>) {
     out.par_chunks_mut(k * LANES).enumerate().for_each(|(p, panel)| {
         let rows = LANES.min(t - p * LANES);
         // SAFETY: AVX-512F is present (asserted); the panel's rows are inside x and the panel holds k·LANES floats.
-        unsafe { pack_block(x[p * LANES * k..].as_ptr(), rows, k, k, panel.as_mut_ptr()) };
+        unsafe { pack_block(x[p * LANES * k..].as_ptr(), rows, k, k, panel.as_mut_ptr(), LANES, LANES) };
     });
 }
 
@@ -57,13 +57,23 @@ fn resize_panels(out: &mut Vec<f32>, t: usize, k: usize) {
     out.resize(t.div_ceil(LANES) * k * LANES, 0.0);
 }
 
-/// `out[c·LANES + r] = x[r·stride + c]` for `rows` ≤ `LANES` rows and `cols` columns, zero for the rows past
-/// `rows`: 16 × 16 blocks transposed in registers.
+/// `out[c·out_stride + r] = x[r·stride + c]` for `rows` ≤ `LANES` rows and `cols` columns, zero for the rows past
+/// `rows`, writing the first `out_lanes` of each output row: 16 × 16 blocks transposed in registers.
 ///
 /// # Safety
-/// AVX-512F; `x` valid for `rows` rows of `cols` floats, `stride` apart; `out` for `cols·LANES` floats.
+/// AVX-512F; `x` valid for `rows` rows of `cols` floats, `stride` apart; `out` for `cols` rows of `out_lanes`
+/// floats, `out_stride` apart.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_block(x: *const f32, rows: usize, cols: usize, stride: usize, out: *mut f32) {
+unsafe fn pack_block(
+    x: *const f32,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    out: *mut f32,
+    out_stride: usize,
+    out_lanes: usize,
+) {
+    let written = lanes_below(out_lanes);
     for c0 in (0..cols).step_by(LANES) {
         let mask = lanes_below(cols - c0);
         let block: [__m512; LANES] = std::array::from_fn(|r| {
@@ -74,7 +84,7 @@ unsafe fn pack_block(x: *const f32, rows: usize, cols: usize, stride: usize, out
             }
         });
         for (j, v) in transpose(block).into_iter().enumerate().take(LANES.min(cols - c0)) {
-            _mm512_storeu_ps(out.add((c0 + j) * LANES), v);
+            _mm512_mask_storeu_ps(out.add((c0 + j) * out_stride), written, v);
         }
     }
 }
@@ -275,21 +285,9 @@ unsafe fn task(
 /// AVX-512F; `w` valid for `width` ≤ `FEATURES` rows of `kc` ≤ `KC` floats, `k` apart.
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_weights(w: *const f32, k: usize, width: usize, kc: usize, packed: &mut [f32; KC * FEATURES]) {
-    for k0 in (0..kc).step_by(LANES) {
-        let cols = lanes_below(kc - k0);
-        for j0 in (0..FEATURES).step_by(LANES) {
-            let block: [__m512; LANES] = std::array::from_fn(|r| {
-                if j0 + r < width {
-                    _mm512_maskz_loadu_ps(cols, w.add((j0 + r) * k + k0))
-                } else {
-                    _mm512_setzero_ps()
-                }
-            });
-            let rows = lanes_below(FEATURES - j0);
-            for (i, v) in transpose(block).into_iter().enumerate().take(LANES.min(kc - k0)) {
-                _mm512_mask_storeu_ps(packed.as_mut_ptr().add((k0 + i) * FEATURES + j0), rows, v);
-            }
-        }
+    for j0 in (0..FEATURES).step_by(LANES) {
+        let rows = width.saturating_sub(j0).min(LANES);
+        pack_block(w.wrapping_add(j0 * k), rows, kc, k, packed.as_mut_ptr().add(j0), FEATURES, FEATURES - j0);
     }
 }
 
