@@ -187,26 +187,31 @@ impl EmbeddingModel {
         let mut own = Scratch::default();
         let scratch = kept.as_deref_mut().unwrap_or(&mut own);
         let mut pooled = Vec::new();
-        for batch in order.chunks(BATCH_SIZE) {
-            let seqs: Vec<(&[u32], &[u32])> =
-                batch.iter().map(|&i| (encoded[i].0.as_slice(), encoded[i].1.as_slice())).collect();
-            self.check_ids(&seqs)?;
-            let hidden = forward(&view, &self.folder.bert, &seqs, scratch);
-            // Weights are read in place from the mapping: a truncated file reads as zeros, not a result.
-            storage::check_intact(&self.bytes)?;
-            pool(hidden, &seqs, self.folder.bert.hidden_size, &self.folder.pooling, &mut pooled);
-            for (row, &i) in pooled.chunks_exact(dim).zip(batch) {
-                let dst = &mut out[i * dim..(i + 1) * dim];
-                dst.copy_from_slice(row);
-                if self.folder.normalize {
-                    normalize(dst);
+        let mut run = || -> Result<()> {
+            for batch in order.chunks(BATCH_SIZE) {
+                let seqs: Vec<(&[u32], &[u32])> =
+                    batch.iter().map(|&i| (encoded[i].0.as_slice(), encoded[i].1.as_slice())).collect();
+                self.check_ids(&seqs)?;
+                let hidden = forward(&view, &self.folder.bert, &seqs, scratch);
+                // Weights are read in place from the mapping: a truncated file reads as zeros, not a result.
+                storage::check_intact(&self.bytes)?;
+                pool(hidden, &seqs, self.folder.bert.hidden_size, &self.folder.pooling, &mut pooled);
+                for (row, &i) in pooled.chunks_exact(dim).zip(batch) {
+                    let dst = &mut out[i * dim..(i + 1) * dim];
+                    dst.copy_from_slice(row);
+                    if self.folder.normalize {
+                        normalize(dst);
+                    }
                 }
             }
-        }
+            Ok(())
+        };
+        let done = run();
+        // Kept only while small, whether the request succeeded or failed part way.
         if scratch.bytes() > KEEP_SCRATCH_BYTES {
             *scratch = Scratch::default();
         }
-        Ok(out)
+        done.map(|()| out)
     }
 
     /// Length of the output vectors.
