@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +93,26 @@ def test_info_and_load_config(emb: lms.EmbeddingModel, models_dir: Path) -> None
     config = emb.get_load_config()
     assert isinstance(config, lms.EmbeddingLoadModelConfig)
     assert config.context_length == emb.get_context_length()
+
+
+def test_first_embedding_holds_the_layers_once(models_dir: Path) -> None:
+    """The first request may copy the layers' matrices into the kernels' order (AVX-512), but then releases the
+    mapped pages they came from: RSS grows by about the layers once (~42 MB of MiniLM's 87 MB file), not twice.
+    In a fresh process, so nothing else is mapped or cached."""
+    code = textwrap.dedent(
+        f"""
+        import modelhost as mh
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+        client = mh.Client({str(models_dir)!r})
+        model = client.embedding.model({EMB_KEY!r})
+        before = rss()
+        model.embed(["hello world", "a second, somewhat longer sentence"])
+        print(rss() - before)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    growth = int(done.stdout.strip())
+    layers = 6 * 4 * (3 * 384 * 384 + 384 * 384 + 2 * 384 * 1536)
+    assert growth < 1.5 * layers, f"RSS grew by {growth / 2**20:.1f} MiB, the layers are {layers / 2**20:.1f} MiB"

@@ -6,16 +6,15 @@
 //! (`[panel][column][lane]`, made by `pack_tokens` or written so by the previous product), and each weight element
 //! is broadcast against a panel. So no output needs a horizontal sum, each output starts from its bias, and the
 //! activation runs on the tile while it is in L1. A tile is one panel × 24 outputs: 24
-//! accumulators, each activation load feeding 24 FMAs. With several panels, a tile's weights are first packed
-//! in broadcast order, one inner block at a time, and every panel's block of activations streams past them
-//! (the weights stay in L1, the activations in L2); with one or two panels the weights are read in place from
-//! the mapping, the next tile's rows prefetched.
+//! accumulators, each activation load feeding 24 FMAs. The weights are packed once (`PackedWeights`) in the
+//! order the tiles broadcast them, so every call reads them front to back: with several panels one inner
+//! block at a time, which stays in L1 while every panel's block of activations streams past it (from L2) and
+//! the next block is fetched; with one or two panels each panel streams a tile's whole weights.
 
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::f32_matmul::Projection;
 use super::f32_ops::{gelu, gelu_tanh, Activation};
 
 /// Tokens per panel: one AVX-512 register of f32.
@@ -156,6 +155,42 @@ unsafe impl Send for SharedDst {}
 // SAFETY: as above.
 unsafe impl Sync for SharedDst {}
 
+/// A weight matrix `[n, k]` (PyTorch's `[out, in]`) in the order `linear` broadcasts it: tiles of `FEATURES`
+/// outputs, each `[k][FEATURES]`, the rows past `n` zero. Packed once, so every call streams it in order.
+pub(crate) struct PackedWeights {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+}
+
+impl PackedWeights {
+    /// Pack the `n` rows of `k` floats of `w`.
+    ///
+    /// Panics unless `available()`, or if `w` is not `n·k` floats.
+    pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert!(available() && w.len() == n * k && k > 0);
+        let mut data = vec![0f32; n.div_ceil(FEATURES) * k * FEATURES];
+        data.par_chunks_mut(k * FEATURES).enumerate().for_each(|(tile, out)| {
+            for j0 in (0..FEATURES).step_by(LANES) {
+                let first = tile * FEATURES + j0;
+                let rows = n.saturating_sub(first).min(LANES);
+                let at = w[(first * k).min(w.len())..].as_ptr();
+                // SAFETY: AVX-512F is present (asserted); `rows` rows of k floats from `at` are inside w, and
+                // `out` holds k rows of FEATURES floats, of which this writes lanes j0.. (at most FEATURES).
+                unsafe { pack_block(at, rows, k, k, out.as_mut_ptr().add(j0), FEATURES, FEATURES - j0) };
+            }
+        });
+        PackedWeights { data, n, k }
+    }
+}
+
+/// One matrix of a `linear` call: `dst[r, col0..col0 + n] = act(x[r] · wᵀ + b)`.
+pub(crate) struct PanelProjection<'a> {
+    pub w: &'a PackedWeights,
+    pub b: &'a [f32],
+    pub col0: usize,
+}
+
 /// For each projection: `dst[r, col0..col0 + n] = act(x[r] · wᵀ + b)` for the `t` tokens packed in `xp`
 /// (`pack_tokens` of `[t, k]`), `dst` being panels of `dst_rs` columns (`[panel][dst_rs][lane]`, as `pack_tokens`
 /// makes them, so the next step reads them as they are). All projections' tiles run in one parallel loop. Past
@@ -166,7 +201,7 @@ pub(crate) fn linear(
     xp: &[f32],
     t: usize,
     k: usize,
-    projections: &[Projection<'_>],
+    projections: &[PanelProjection<'_>],
     dst: &mut [f32],
     dst_rs: usize,
     act: Option<Activation>,
@@ -175,29 +210,28 @@ pub(crate) fn linear(
     let panels = t.div_ceil(LANES);
     assert!(xp.len() == panels * k * LANES && dst.len() == panels * dst_rs * LANES && k > 0);
     for p in projections {
-        let n = p.b.len();
-        assert!(p.w.len() == n * k && p.col0 + n <= dst_rs);
+        assert!(p.w.k == k && p.b.len() == p.w.n && p.col0 + p.w.n <= dst_rs);
     }
     let tasks: Vec<(usize, usize)> = projections
         .iter()
         .enumerate()
-        .flat_map(|(j, p)| (0..p.b.len()).step_by(FEATURES_PER_TASK).map(move |f0| (j, f0)))
+        .flat_map(|(j, p)| (0..p.w.n).step_by(FEATURES_PER_TASK).map(move |f0| (j, f0)))
         .collect();
     let out = SharedDst(dst.as_mut_ptr());
     tasks.par_iter().for_each(|&(j, f0)| {
         let p = &projections[j];
-        let f1 = (f0 + FEATURES_PER_TASK).min(p.b.len());
+        let f1 = (f0 + FEATURES_PER_TASK).min(p.w.n);
         // SAFETY: AVX-512F is present (asserted); the shapes were asserted above, and this task writes only
         // columns col0 + [f0, f1) of every token, which no other task writes.
-        unsafe { task(xp, k, p, f0, f1, out, dst_rs, act) };
+        unsafe { task(xp, p, f0, f1, out, dst_rs, act) };
     });
 }
 
-/// Inner-dimension block: a tile's packed weights over `KC` (12 KiB) stay in L1 while every token panel's block
-/// of the same `KC` streams past, and the partial sums wait in the task's tile buffer.
+/// Inner-dimension block: a tile's weights over `KC` (12 KiB) stay in L1 while every token panel's block of
+/// the same `KC` streams past, and the partial sums wait in the task's tile buffer.
 const KC: usize = 128;
-/// Token panels from which a tile's weights are packed (each weight then feeds this many panels).
-const PACK_FROM_PANELS: usize = 3;
+/// Token panels from which the inner dimension is blocked; below, each panel streams a tile's whole weights.
+const BLOCK_FROM_PANELS: usize = 3;
 /// Bytes of packed activations per token block, which stays in L2 while every tile of the task reads it.
 const BLOCK_BYTES: usize = 1 << 20;
 
@@ -209,43 +243,48 @@ type Tile = [[f32; LANES]; FEATURES];
 /// # Safety
 /// AVX-512F; the shapes as `linear` asserts them; no other thread touches these columns of `dst`.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn task(
     xp: &[f32],
-    k: usize,
-    p: &Projection<'_>,
+    p: &PanelProjection<'_>,
     f0: usize,
     f1: usize,
     dst: SharedDst,
     dst_rs: usize,
     act: Option<Activation>,
 ) {
+    let k = p.w.k;
     let panel_len = k * LANES;
     let panels = xp.len() / panel_len;
     let block = (BLOCK_BYTES / (panel_len * 4)).clamp(1, panels.max(1));
-    let mut partial = vec![[[0f32; LANES]; FEATURES]; if k > KC && block >= PACK_FROM_PANELS { block } else { 0 }];
-    let mut weights = [0f32; KC * FEATURES];
+    let blocked = k > KC && block >= BLOCK_FROM_PANELS;
+    let mut partial = vec![[[0f32; LANES]; FEATURES]; if blocked { block } else { 0 }];
     let mut bias = [[0f32; LANES]; FEATURES];
     let mut out = [[0f32; LANES]; FEATURES];
     for q0 in (0..panels).step_by(block) {
         let q1 = (q0 + block).min(panels);
+        let block_k = if q1 - q0 >= BLOCK_FROM_PANELS { KC } else { k };
         for f in (f0..f1).step_by(FEATURES) {
             let width = FEATURES.min(f1 - f);
             for (j, row) in bias.iter_mut().enumerate() {
                 *row = [if j < width { p.b[f + j] } else { 0.0 }; LANES];
             }
-            // A full tile read by several panels is packed; otherwise each weight is used once or twice, and
-            // the tile's rows are read in place (in stored order, the next tile's prefetched).
-            let packed = width == FEATURES && q1 - q0 >= PACK_FROM_PANELS;
-            let block_k = if packed { KC } else { k };
+            let tile = p.w.data.as_ptr().add(f * k);
             for k0 in (0..k).step_by(block_k) {
                 let kc = block_k.min(k - k0);
-                let w = p.w.as_ptr().add(f * k + k0);
-                if packed {
-                    pack_weights(w, k, width, kc, &mut weights);
-                }
+                let w = tile.add(k0 * FEATURES);
                 let last = k0 + kc == k;
+                // The next block of weights (the next inner block, or the next tile: the packing makes it the
+                // next bytes) is fetched a few lines per panel while these panels run, so no panel waits on it.
+                let next = w.add(kc * FEATURES);
+                let next_lines = kc * FEATURES / LANES;
+                let lines_per_panel = next_lines.div_ceil(q1 - q0);
                 for q in q0..q1 {
+                    if block_k == KC {
+                        let first = (q - q0) * lines_per_panel;
+                        for line in first..(first + lines_per_panel).min(next_lines) {
+                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line * LANES) as *const i8);
+                        }
+                    }
                     let xq = xp.as_ptr().add(q * panel_len + k0 * LANES);
                     let init: *const Tile = if k0 == 0 { &bias } else { &partial[q - q0] };
                     // A whole tile of panel output is the panel's own memory: the kernel ends there.
@@ -255,12 +294,10 @@ unsafe fn task(
                         (true, false) => &mut out,
                         (false, _) => &mut partial[q - q0],
                     };
-                    if packed {
-                        tile_kernel::<true>(xq, panel_len, kc, weights.as_ptr(), k, init, end);
-                    } else if width == FEATURES {
-                        tile_kernel::<false>(xq, panel_len, kc, w, k, init, end);
+                    if block_k == KC {
+                        tile_kernel::<true>(xq, panel_len, kc, w, init, end);
                     } else {
-                        narrow(xq, kc, w, k, width, init, end);
+                        tile_kernel::<false>(xq, panel_len, kc, w, init, end);
                     }
                     if last {
                         if let Some(act) = act {
@@ -278,73 +315,43 @@ unsafe fn task(
     }
 }
 
-/// `packed[kk·FEATURES + j] = w[j·k + kk]` for `width` rows and `kc` columns of `w` (rows `k` apart), zero for
-/// the rows past `width`: a tile's weights in the order the kernel broadcasts them.
-///
-/// # Safety
-/// AVX-512F; `w` valid for `width` ≤ `FEATURES` rows of `kc` ≤ `KC` floats, `k` apart.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_weights(w: *const f32, k: usize, width: usize, kc: usize, packed: &mut [f32; KC * FEATURES]) {
-    for j0 in (0..FEATURES).step_by(LANES) {
-        let rows = width.saturating_sub(j0).min(LANES);
-        pack_block(w.wrapping_add(j0 * k), rows, kc, k, packed.as_mut_ptr().add(j0), FEATURES, FEATURES - j0);
-    }
-}
+/// Steps of weights prefetched ahead when a panel streams a tile's whole weights.
+const WEIGHTS_AHEAD: usize = 8;
 
-/// `end[f][lane] = init[f][lane] + Σ_kk xp[kk][lane] · w(f, kk)` over `kc` steps for one token panel, with
-/// `w(f, kk)` at `w[kk·FEATURES + f]` when `PACKED`, else at `w[f·k + kk]` (the stored rows).
+/// `end[f][lane] = init[f][lane] + Σ_kk xp[kk][lane] · w[kk·FEATURES + f]` over `kc` steps for one token panel
+/// (`w` a tile of `PackedWeights`, from its step `k0`). `NEXT_PANEL`: the weights are a block other panels
+/// reuse from L1, and the next panel's activations (in L2) are prefetched; otherwise this panel streams the
+/// weights, and they are prefetched ahead.
 ///
 /// # Safety
-/// AVX-512F; `xp` points at `kc·LANES` floats, `w` at a tile's weights in the layout `PACKED` says; `init` and
-/// `end` are tiles (possibly the same one). Prefetches (of the next panel, or of the next tile's rows) only
-/// hint.
+/// AVX-512F; `xp` points at `kc·LANES` floats, `w` at `kc·FEATURES`; `init` and `end` are tiles (possibly the
+/// same one). Prefetches only hint.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile_kernel<const PACKED: bool>(
+unsafe fn tile_kernel<const NEXT_PANEL: bool>(
     xp: *const f32,
     panel_len: usize,
     kc: usize,
     w: *const f32,
-    k: usize,
     init: *const Tile,
     end: *mut Tile,
 ) {
     let mut acc: [__m512; FEATURES] = std::array::from_fn(|f| _mm512_loadu_ps((*init)[f].as_ptr()));
-    // Packed, the next panel's activations (from L2); in place (the whole row, `kc` = `k`), the next tile's
-    // rows, `FEATURES` floats per step.
-    let next = if PACKED { xp.wrapping_add(panel_len) } else { w.wrapping_add(FEATURES * k) };
     for kk in 0..kc {
-        if PACKED {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * LANES) as *const i8);
+        if NEXT_PANEL {
+            _mm_prefetch::<_MM_HINT_T0>(xp.wrapping_add(panel_len + kk * LANES) as *const i8);
         } else {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * FEATURES) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(kk * FEATURES + LANES) as *const i8);
+            let ahead = w.wrapping_add((kk + WEIGHTS_AHEAD) * FEATURES);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(LANES) as *const i8);
         }
         let x = _mm512_loadu_ps(xp.add(kk * LANES));
         for (f, a) in acc.iter_mut().enumerate() {
-            let wf = if PACKED { w.add(kk * FEATURES + f) } else { w.add(f * k + kk) };
-            *a = _mm512_fmadd_ps(x, _mm512_set1_ps(*wf), *a);
+            *a = _mm512_fmadd_ps(x, _mm512_set1_ps(*w.add(kk * FEATURES + f)), *a);
         }
     }
     for (f, a) in acc.iter().enumerate() {
         _mm512_storeu_ps((*end)[f].as_mut_ptr(), *a);
-    }
-}
-
-/// A tile narrower than `FEATURES` (the last outputs of a matrix whose size is not a multiple of it), one output
-/// at a time from the stored rows.
-///
-/// # Safety
-/// As `tile_kernel::<false>`, for `width` rows of `w`.
-#[target_feature(enable = "avx512f")]
-unsafe fn narrow(xp: *const f32, kc: usize, w: *const f32, k: usize, width: usize, init: *const Tile, end: *mut Tile) {
-    for j in 0..width {
-        let (w, init) = (w.add(j * k), &(*init)[j]);
-        let mut acc = _mm512_loadu_ps(init.as_ptr());
-        for kk in 0..kc {
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(kk * LANES)), _mm512_set1_ps(*w.add(kk)), acc);
-        }
-        _mm512_storeu_ps((*end)[j].as_mut_ptr(), acc);
     }
 }
 
@@ -559,7 +566,7 @@ mod tests {
     }
 
     /// Tokens around the panel and tile edges, inner sizes of MiniLM and odd ones, outputs not a multiple of
-    /// the tile, weights read in place and packed: every output against an f64 reference, and the columns no
+    /// the tile, weights streamed and blocked: every output against an f64 reference, and the columns no
     /// projection owns left alone.
     #[test]
     fn projections_match_an_f64_reference() {
@@ -576,7 +583,7 @@ mod tests {
             (33, 7, 25, Some(Activation::GeluTanh)),
             (64, 96, 36, Some(Activation::Silu)),
             (47, 64, 12, Some(Activation::Relu)),
-            // Packed tiles over several inner blocks, and (k = 1536) several token blocks.
+            // Blocked tiles over several inner blocks, and (k = 1536) several token blocks.
             (50, 300, 48, None),
             (170, 1536, 30, Some(Activation::Gelu)),
         ] {
@@ -584,22 +591,28 @@ mod tests {
             let (w1, b1) = (random(n * k, 2), random(n, 3));
             let (w2, b2) = (random(n * k, 4), random(n, 5));
             // One projection with an activation fills whole rows; without, two fill parts of wider rows.
-            let projections: Vec<Projection<'_>> = match act {
-                Some(_) => vec![Projection { w: &w1, b: &b1, col0: 0 }],
-                None => vec![Projection { w: &w1, b: &b1, col0: 1 }, Projection { w: &w2, b: &b2, col0: n + 3 }],
+            let (p1, p2) = (PackedWeights::pack(&w1, n, k), PackedWeights::pack(&w2, n, k));
+            let projections: Vec<(PanelProjection<'_>, &[f32])> = match act {
+                Some(_) => vec![(PanelProjection { w: &p1, b: &b1, col0: 0 }, &w1)],
+                None => vec![
+                    (PanelProjection { w: &p1, b: &b1, col0: 1 }, &w1),
+                    (PanelProjection { w: &p2, b: &b2, col0: n + 3 }, &w2),
+                ],
             };
             let dst_rs = if act.is_some() { n } else { 2 * n + 5 };
             pack_tokens(&x, t, k, &mut packed);
             let mut panels = vec![f32::NAN; t.div_ceil(LANES) * dst_rs * LANES];
-            linear(&packed, t, k, &projections, &mut panels, dst_rs, act);
+            let panel_projections: Vec<PanelProjection<'_>> =
+                projections.iter().map(|(p, _)| PanelProjection { w: p.w, b: p.b, col0: p.col0 }).collect();
+            linear(&packed, t, k, &panel_projections, &mut panels, dst_rs, act);
             let mut dst = vec![f32::NAN; t * dst_rs];
             unpack_tokens(&panels, t, dst_rs, &mut dst);
             let mut owned = vec![false; dst_rs];
-            for p in &projections {
+            for (p, w) in &projections {
                 owned[p.col0..p.col0 + n].iter_mut().for_each(|o| *o = true);
                 for r in 0..t {
                     for f in 0..n {
-                        let dot: f64 = (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(p.w[f * k + i])).sum();
+                        let dot: f64 = (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w[f * k + i])).sum();
                         let pre = dot + f64::from(p.b[f]);
                         let want = match act {
                             None => pre,
@@ -713,8 +726,11 @@ mod speed {
         for (k, n, parts, act) in
             [(384, 384, 3, None), (384, 384, 1, None), (384, 1536, 1, Some(Activation::Gelu)), (1536, 384, 1, None)]
         {
-            let projections: Vec<Projection<'_>> =
+            let rows: Vec<Projection<'_>> =
                 (0..parts).map(|j| Projection { w: &w[..n * k], b: &b[..n], col0: j * n }).collect();
+            let packed_w = PackedWeights::pack(&w[..n * k], n, k);
+            let projections: Vec<PanelProjection<'_>> =
+                (0..parts).map(|j| PanelProjection { w: &packed_w, b: &b[..n], col0: j * n }).collect();
             pack_tokens(&x[..t * k], t, k, &mut packed);
             let mut dst = vec![0f32; t.div_ceil(LANES) * LANES * n * parts];
             let median = |run: &mut (dyn FnMut() + Send)| {
@@ -729,7 +745,7 @@ mod speed {
                 2.0 * (t * k * n * parts) as f64 / times[15] / 1e9
             };
             let ours = median(&mut || linear(&packed, t, k, &projections, &mut dst, n * parts, act));
-            let theirs = median(&mut || project(&x[..t * k], t, k, &projections, &mut dst, n * parts, act));
+            let theirs = median(&mut || project(&x[..t * k], t, k, &rows, &mut dst, n * parts, act));
             println!("t {t} k {k} n {}: panels {ours:.0} GFLOP/s, gemm on rows {theirs:.0} GFLOP/s", n * parts);
         }
     }

@@ -62,9 +62,59 @@ fn embed(w: &BertView<'_>, seqs: &[(&[u32], &[u32])], h: usize, eps: f32, x: &mu
     });
 }
 
+/// The layers' matrices packed for the AVX-512 kernels (`f32_avx512::PackedWeights`).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct PanelWeights {
+    layers: Vec<PanelLayer>,
+}
+
+#[cfg(target_arch = "x86_64")]
+struct PanelLayer {
+    q: f32_avx512::PackedWeights,
+    k: f32_avx512::PackedWeights,
+    v: f32_avx512::PackedWeights,
+    o: f32_avx512::PackedWeights,
+    up: f32_avx512::PackedWeights,
+    down: f32_avx512::PackedWeights,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelWeights {
+    /// Pack every layer's matrices; `None` where the CPU lacks AVX-512F (the row path reads them in place).
+    pub(super) fn pack(w: &BertView<'_>, c: &BertConfig) -> Option<Self> {
+        use f32_avx512::PackedWeights;
+        if !f32_avx512::available() {
+            return None;
+        }
+        let (h, ffn) = (c.hidden_size, c.intermediate_size);
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| PanelLayer {
+                q: PackedWeights::pack(l.q_w, h, h),
+                k: PackedWeights::pack(l.k_w, h, h),
+                v: PackedWeights::pack(l.v_w, h, h),
+                o: PackedWeights::pack(l.o_w, h, h),
+                up: PackedWeights::pack(l.i_w, ffn, h),
+                down: PackedWeights::pack(l.out_w, h, ffn),
+            })
+            .collect();
+        Some(PanelWeights { layers })
+    }
+}
+
+/// The matrices `forward` runs on: packed for the AVX-512 kernels, or the rows in place (`gemm`).
+#[derive(Clone, Copy)]
+pub(super) enum Matrices<'a> {
+    #[cfg(target_arch = "x86_64")]
+    Panels(&'a PanelWeights),
+    Rows(std::marker::PhantomData<&'a ()>),
+}
+
 /// Run the encoder over packed sequences (no padding); returns the final hidden states, `[T, hidden]`.
 pub(super) fn forward<'s>(
     w: &BertView<'_>,
+    m: Matrices<'_>,
     c: &BertConfig,
     seqs: &[(&[u32], &[u32])],
     s: &'s mut Scratch,
@@ -80,12 +130,11 @@ pub(super) fn forward<'s>(
             Some(span)
         })
         .collect();
-    #[cfg(target_arch = "x86_64")]
-    if f32_avx512::available() {
-        layers_in_panels(w, c, t, &spans, s);
-        return &s.x[..t * h];
+    match m {
+        #[cfg(target_arch = "x86_64")]
+        Matrices::Panels(packed) => layers_in_panels(w, packed, c, t, &spans, s),
+        Matrices::Rows(_) => layers_in_rows(w, c, t, &spans, s),
     }
-    layers_in_rows(w, c, t, &spans, s);
     &s.x[..t * h]
 }
 
@@ -113,8 +162,17 @@ fn layers_in_rows(w: &BertView<'_>, c: &BertConfig, t: usize, spans: &[(usize, u
 /// The layers with the hidden state kept in the AVX-512 kernels' token panels, which every step reads and
 /// writes: products, attention and layer norms.
 #[cfg(target_arch = "x86_64")]
-fn layers_in_panels(w: &BertView<'_>, c: &BertConfig, t: usize, spans: &[(usize, usize)], s: &mut Scratch) {
-    use f32_avx512::{add_layer_norm_panels, attention_panels, linear, pack_tokens, unpack_tokens, LANES};
+fn layers_in_panels(
+    w: &BertView<'_>,
+    packed: &PanelWeights,
+    c: &BertConfig,
+    t: usize,
+    spans: &[(usize, usize)],
+    s: &mut Scratch,
+) {
+    use f32_avx512::{
+        add_layer_norm_panels, attention_panels, linear, pack_tokens, unpack_tokens, PanelProjection, LANES,
+    };
     let (h, ffn, eps, n_heads) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps, c.num_attention_heads);
     let rows = t.div_ceil(LANES) * LANES;
     let xp = &mut s.x_panels;
@@ -123,14 +181,19 @@ fn layers_in_panels(w: &BertView<'_>, c: &BertConfig, t: usize, spans: &[(usize,
     let ctx = take(&mut s.ctx_panels, rows * h);
     let tmp = take(&mut s.tmp_panels, rows * h);
     let inter = take(&mut s.inter_panels, rows * ffn);
-    let one = |w, b| [Projection { w, b, col0: 0 }];
-    for l in &w.layers {
-        linear(xp, t, h, &qkv_projections(l, h), qkv, 3 * h, None);
+    let one = |w, b| [PanelProjection { w, b, col0: 0 }];
+    for (l, m) in w.layers.iter().zip(&packed.layers) {
+        let qkv_projections = [
+            PanelProjection { w: &m.q, b: l.q_b, col0: 0 },
+            PanelProjection { w: &m.k, b: l.k_b, col0: h },
+            PanelProjection { w: &m.v, b: l.v_b, col0: 2 * h },
+        ];
+        linear(xp, t, h, &qkv_projections, qkv, 3 * h, None);
         attention_panels(qkv, t, spans, n_heads, h, ctx);
-        linear(ctx, t, h, &one(l.o_w, l.o_b), tmp, h, None);
+        linear(ctx, t, h, &one(&m.o, l.o_b), tmp, h, None);
         add_layer_norm_panels(xp, tmp, l.ln1_g, l.ln1_b, eps);
-        linear(xp, t, h, &one(l.i_w, l.i_b), inter, ffn, Some(c.activation));
-        linear(inter, t, ffn, &one(l.out_w, l.out_b), tmp, h, None);
+        linear(xp, t, h, &one(&m.up, l.i_b), inter, ffn, Some(c.activation));
+        linear(inter, t, ffn, &one(&m.down, l.out_b), tmp, h, None);
         add_layer_norm_panels(xp, tmp, l.ln2_g, l.ln2_b, eps);
     }
     unpack_tokens(xp, t, h, &mut s.x[..t * h]);

@@ -19,8 +19,9 @@
 //! kernels for layer norm, GELU, softmax and attention, because candle-transformers' `BertModel` pads
 //! every batch, allocates a tensor per op and packs the weights for every matmul, even for one short
 //! sentence, where streaming each weight row once (`kernels::f32_matmul`) does far less work. On CPUs with
-//! AVX-512 the short inputs (a single sentence, a few) and the attention of short sequences run on
-//! `kernels::f32_avx512`, chosen at run time as torch's oneDNN chooses its kernels.
+//! AVX-512 the whole encoder runs on `kernels::f32_avx512`, chosen at run time as torch's oneDNN chooses its
+//! kernels; the first request packs the layers' matrices for it (a copy, about the size of the layers) and
+//! releases the mapped pages they came from, so RSS holds them once.
 //! `tests/minilm_embedding.rs` checks it against sentence-transformers and has the timing report.
 
 mod folder;
@@ -31,7 +32,7 @@ mod tests;
 mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 
 use crate::error::{Error, Result};
 use crate::formats::safetensors as st;
@@ -39,9 +40,11 @@ use crate::kernels::Pass;
 use crate::storage::{self, FileBytes, MappedFile, Progress};
 use crate::text::EmbeddingTokenizer;
 use folder::Folder;
-use forward::{forward, Scratch};
+#[cfg(target_arch = "x86_64")]
+use forward::PanelWeights;
+use forward::{forward, Matrices, Scratch};
 use pooling::{normalize, pool};
-use weights::{load_weights, plan_weights, BertWeights, Planner};
+use weights::{load_weights, plan_weights, BertView, BertWeights, Planner};
 
 /// sentence-transformers' default `encode` batch size.
 const BATCH_SIZE: usize = 32;
@@ -108,6 +111,11 @@ pub struct EmbeddingModel {
     /// The last request's activations, kept for the next one while at most `KEEP_SCRATCH_BYTES` (so a stream of
     /// batches does not fault in fresh pages each call); a request that finds it in use takes its own.
     scratch: Mutex<Scratch>,
+    /// The layers' matrices packed for the AVX-512 kernels, made by the first request that runs them (so a load
+    /// stays a mapping), then shared by every request and instance; the mapped pages they came from are
+    /// released.
+    #[cfg(target_arch = "x86_64")]
+    panel_weights: OnceLock<Option<PanelWeights>>,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -150,7 +158,17 @@ impl EmbeddingModel {
         let (bytes, weights, header) = weights?;
         let tokenizer = tokenizer?;
         let info = folder.info(&header)?;
-        Ok(EmbeddingModel { folder, info, tokenizer, max_tokens, bytes, weights, scratch: Mutex::default() })
+        Ok(EmbeddingModel {
+            folder,
+            info,
+            tokenizer,
+            max_tokens,
+            bytes,
+            weights,
+            scratch: Mutex::default(),
+            #[cfg(target_arch = "x86_64")]
+            panel_weights: OnceLock::new(),
+        })
     }
 
     /// The token ids the model sees for `text`: `[CLS] … [SEP]`, truncated to the context length.
@@ -178,6 +196,7 @@ impl EmbeddingModel {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].0.len()));
         let view = self.weights.view(self.bytes.as_slice());
+        let matrices = self.matrices(&view)?;
         let mut kept = match self.scratch.try_lock() {
             Ok(scratch) => Some(scratch),
             // Only buffers: one a panicking request left behind is as good as new.
@@ -192,7 +211,7 @@ impl EmbeddingModel {
                 let seqs: Vec<(&[u32], &[u32])> =
                     batch.iter().map(|&i| (encoded[i].0.as_slice(), encoded[i].1.as_slice())).collect();
                 self.check_ids(&seqs)?;
-                let hidden = forward(&view, &self.folder.bert, &seqs, scratch);
+                let hidden = forward(&view, matrices, &self.folder.bert, &seqs, scratch);
                 // Weights are read in place from the mapping: a truncated file reads as zeros, not a result.
                 storage::check_intact(&self.bytes)?;
                 pool(hidden, &seqs, self.folder.bert.hidden_size, &self.folder.pooling, &mut pooled);
@@ -212,6 +231,30 @@ impl EmbeddingModel {
             *scratch = Scratch::default();
         }
         done.map(|()| out)
+    }
+
+    /// The matrices the forward pass runs on, packing them on the first call where the CPU has AVX-512F.
+    fn matrices<'a>(&'a self, view: &BertView<'_>) -> Result<Matrices<'a>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let packed = match self.panel_weights.get() {
+                Some(packed) => packed,
+                None => {
+                    let packed = PanelWeights::pack(view, &self.folder.bert);
+                    // A truncation while packing read zeros: keep nothing made from them.
+                    storage::check_intact(&self.bytes)?;
+                    if let (Some(_), FileBytes::Mapped(m)) = (&packed, &self.bytes) {
+                        m.release_pages(); // the layers are read from the packed copy from now on
+                    }
+                    self.panel_weights.get_or_init(|| packed)
+                }
+            };
+            if let Some(packed) = packed {
+                return Ok(Matrices::Panels(packed));
+            }
+        }
+        let _ = view;
+        Ok(Matrices::Rows(std::marker::PhantomData))
     }
 
     /// Length of the output vectors.
