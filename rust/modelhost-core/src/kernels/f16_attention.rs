@@ -78,6 +78,54 @@ fn dot(a: &[f32], b: &[f32], wide: bool) -> f32 {
     }
 }
 
+/// `s[j] = dot(q, key j)` for the first `s.len()` keys (rows of `q.len()` values in `keys`).
+fn score_row(q: &[f32], keys: &[f32], s: &mut [f32], wide: bool) {
+    let hd = q.len();
+    assert!(keys.len() >= s.len() * hd);
+    #[cfg(target_arch = "x86_64")]
+    if wide && hd.is_multiple_of(16) && !s.is_empty() {
+        // SAFETY: `wide` only where the CPU has AVX-512F (`ggml_rows::avx512`); the sizes were asserted.
+        unsafe { score_row_avx512(q, keys, s) };
+        return;
+    }
+    for (j, s) in s.iter_mut().enumerate() {
+        *s = dot(q, &keys[j * hd..(j + 1) * hd], wide);
+    }
+}
+
+/// Keys whose dot products run at once in `score_row_avx512`: independent FMA chains.
+#[cfg(target_arch = "x86_64")]
+const KEYS_AT_ONCE: usize = 4;
+
+/// `score_row` with AVX-512F for a head size that is a multiple of 16: each dot product is `dot`'s, one
+/// register of 16 lane sums (the products are exact, so the FMA rounds as `dot`'s add does), reduced by
+/// `reduce16`; `KEYS_AT_ONCE` keys at a time.
+///
+/// # Safety
+/// AVX-512F; `q.len()` a multiple of 16, `s` not empty, `keys` holding `s.len()` rows of `q.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn score_row_avx512(q: &[f32], keys: &[f32], s: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (hd, last) = (q.len(), s.len() - 1);
+    for j0 in (0..s.len()).step_by(KEYS_AT_ONCE) {
+        // Past the last key, the last key again: computed, not stored.
+        let rows: [*const f32; KEYS_AT_ONCE] = std::array::from_fn(|c| keys.as_ptr().add((j0 + c).min(last) * hd));
+        let mut acc = [_mm512_setzero_ps(); KEYS_AT_ONCE];
+        for i in (0..hd).step_by(16) {
+            let qv = _mm512_loadu_ps(q.as_ptr().add(i));
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(row.add(i)), *a);
+            }
+        }
+        for (c, a) in acc.iter().enumerate().take(s.len() - j0) {
+            let mut lanes = [0f32; 16];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
+            s[j0 + c] = ggml_rows::reduce16(&lanes);
+        }
+    }
+}
+
 /// Attention of `seq` queries at positions `pos..pos + seq` over keys and values `0..pos + seq` of one
 /// layer: `q` is `(n_head, seq, hd)` (RoPE applied), the caches `(n_kv, ctx, hd)` with those positions
 /// written, `out` `(seq, n_head, hd)`, i.e. `(seq, n_head · hd)` as the output projection reads it. `window`: a query sees only the keys less than this many positions
@@ -136,9 +184,7 @@ pub fn attend(
             // order, and this model family amplifies such roundings into different greedy tokens).
             for (t, s) in scores.chunks_exact_mut(total).enumerate() {
                 let qr = &qs[t * hd..(t + 1) * hd];
-                for (j, s) in s.iter_mut().enumerate().take(pos + (r0 + t) % seq + 1) {
-                    *s = dot(qr, &keys[j * hd..(j + 1) * hd], wide);
-                }
+                score_row(qr, &keys, &mut s[..pos + (r0 + t) % seq + 1], wide);
             }
             // Softmax over the visible keys; the probabilities rounded to f16 (the V matmul's activation type).
             for (t, s) in scores.chunks_exact_mut(total).enumerate() {
@@ -277,6 +323,30 @@ mod tests {
                 assert!((a - b).abs() < 2e-3 * b.abs().max(1.0), "{h:?} step {step} [{i}]: {a} vs {b}");
             }
             pos += seq;
+        }
+    }
+
+    /// The AVX-512 score rows give `dot`'s values bit for bit (the order llama.cpp sums in), for key counts
+    /// around `KEYS_AT_ONCE` and head sizes of one and several registers.
+    #[test]
+    fn score_rows_sum_as_dot_does() {
+        let wide = ggml_rows::avx512();
+        if !wide {
+            eprintln!("no AVX-512 on this CPU: the rows take `dot` itself, nothing to compare");
+            return;
+        }
+        for hd in [16, 64, 256] {
+            let r16 = |x: f32| f16::from_f32(x).to_f32();
+            let q: Vec<f32> = (0..hd).map(|i| r16(value(i, 1))).collect();
+            for n in [1, 3, 4, 5, 9] {
+                let keys: Vec<f32> = (0..n * hd).map(|i| r16(value(i, 2))).collect();
+                let mut got = vec![f32::NAN; n];
+                score_row(&q, &keys, &mut got, wide);
+                for (j, g) in got.iter().enumerate() {
+                    let want = dot(&q, &keys[j * hd..(j + 1) * hd], wide);
+                    assert_eq!(g.to_bits(), want.to_bits(), "hd {hd} keys {n} [{j}]: {g} vs {want}");
+                }
+            }
         }
     }
 
