@@ -274,7 +274,8 @@ unsafe fn task(
                 let w = tile.add(k0 * FEATURES);
                 let last = k0 + kc == k;
                 // The next block of weights (the next inner block, or the next tile: the packing makes it the
-                // next bytes) is fetched a few lines per panel while these panels run, so no panel waits on it.
+                // next bytes) is fetched into L2 a few lines per panel while these panels run, so no panel waits
+                // on memory for it, and it does not push this block or the panels out of L1.
                 let next = w.add(kc * FEATURES);
                 let next_lines = kc * FEATURES / LANES;
                 let lines_per_panel = next_lines.div_ceil(q1 - q0);
@@ -282,7 +283,7 @@ unsafe fn task(
                     if block_k == KC {
                         let first = (q - q0) * lines_per_panel;
                         for line in first..(first + lines_per_panel).min(next_lines) {
-                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line * LANES) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(line * LANES) as *const i8);
                         }
                     }
                     let xq = xp.as_ptr().add(q * panel_len + k0 * LANES);
