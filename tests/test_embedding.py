@@ -95,24 +95,40 @@ def test_info_and_load_config(emb: lms.EmbeddingModel, models_dir: Path) -> None
     assert config.context_length == emb.get_context_length()
 
 
-def test_first_embedding_holds_the_layers_once(models_dir: Path) -> None:
-    """The first request may copy the layers' matrices into the kernels' order (AVX-512), but then releases the
-    mapped pages they came from: RSS grows by about the layers once (~42 MB of MiniLM's 87 MB file), not twice.
-    In a fresh process, so nothing else is mapped or cached."""
+def _rss_growth(models_dir: Path, config: dict[str, Any]) -> tuple[int, int, int]:
+    """In a fresh process (nothing else mapped or cached): RSS growth over a load and one request, the part of it
+    the request added, and the load's memory estimate."""
     code = textwrap.dedent(
         f"""
         import modelhost as mh
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096
         client = mh.Client({str(models_dir)!r})
-        model = client.embedding.model({EMB_KEY!r})
-        before = rss()
+        estimate = client.embedding.estimate({EMB_KEY!r}, {config!r}).total_bytes
+        start = rss()
+        model = client.embedding.model({EMB_KEY!r}, config={config!r})
+        loaded = rss()
         model.embed(["hello world", "a second, somewhat longer sentence"])
-        print(rss() - before)
+        print(rss() - start, rss() - loaded, estimate)
         """
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    growth = int(done.stdout.strip())
+    total, request, estimate = (int(v) for v in done.stdout.split())
+    return total, request, estimate
+
+
+def test_first_embedding_holds_the_layers_once(models_dir: Path) -> None:
+    """The first request may copy the layers' matrices into the kernels' order (AVX-512), but then releases the
+    mapped pages they came from: RSS grows by about the layers once (~42 MB of MiniLM's 87 MB file), not twice."""
+    _, request, _ = _rss_growth(models_dir, {})
     layers = 6 * 4 * (3 * 384 * 384 + 384 * 384 + 2 * 384 * 1536)
-    assert growth < 1.5 * layers, f"RSS grew by {growth / 2**20:.1f} MiB, the layers are {layers / 2**20:.1f} MiB"
+    assert request < 1.5 * layers, f"RSS grew by {request / 2**20:.1f} MiB, the layers are {layers / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("try_mmap", [True, False])
+def test_estimate_covers_a_loaded_and_used_model(models_dir: Path, try_mmap: bool) -> None:
+    """What a load and its first request add to RSS stays within the estimate the memory budget uses, mapped or
+    owned (where the owned copy and the packed layers are both held)."""
+    total, _, estimate = _rss_growth(models_dir, {"tryMmap": try_mmap})
+    assert total <= 1.1 * estimate, f"RSS grew by {total / 2**20:.1f} MiB, the estimate is {estimate / 2**20:.1f} MiB"

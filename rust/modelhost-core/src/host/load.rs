@@ -95,6 +95,11 @@ pub(super) fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<Loa
                     Some("embedding models run on the CPU in this version: gpu.ratio was ignored".to_string());
             }
             let scratch = 2 << 20;
+            // With `tryMmap: false` the owned copy stays after the first request has packed the layers' matrices
+            // for the AVX-512 kernels (`models::bert`; they are less than the file): count both. Mapped, the
+            // packing releases the pages it read, so the file counts once.
+            let packed = if !config.try_mmap && crate::models::bert::packs_layers() { entry.weights_bytes } else { 0 };
+            let weights_bytes = entry.weights_bytes + packed;
             let applied = json!({
                 "context_length": ctx,
                 "gpu_ratio": 0.0,
@@ -106,11 +111,11 @@ pub(super) fn plan_load(entry: &CatalogEntry, config: &LoadConfig) -> Result<Loa
                 context_length: ctx,
                 eval_batch_size: ctx,
                 estimate: MemoryEstimate {
-                    weights_bytes: entry.weights_bytes,
+                    weights_bytes,
                     kv_cache_bytes: 0,
                     scratch_bytes: scratch,
-                    total_bytes: entry.weights_bytes + scratch,
-                    per_device: vec![("cpu".into(), entry.weights_bytes + scratch)],
+                    total_bytes: weights_bytes + scratch,
+                    per_device: vec![("cpu".into(), weights_bytes + scratch)],
                 },
                 placement,
                 applied,

@@ -99,6 +99,15 @@ pub fn inspect(dir: &Path) -> Result<EmbeddingFolderInfo> {
     folder.info(&header)
 }
 
+/// Whether the first request packs the layers' matrices for the AVX-512 kernels (this CPU has AVX-512F), a copy
+/// of about the layers' size that the memory estimate counts where the file's own copy stays (`tryMmap: false`).
+pub fn packs_layers() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::f32_avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// A loaded embedding model. `Send + Sync`: requests only read it.
 pub struct EmbeddingModel {
     folder: Folder,
