@@ -125,6 +125,30 @@ fn matches_sentence_transformers() {
     assert!(model.embed(&[]).unwrap().is_empty());
 }
 
+/// Requests racing on a fresh model: one packs the matrices for the AVX-512 kernels, the others run meanwhile
+/// (on the rows in place) or after; every one matches sentence-transformers, and later requests too.
+#[test]
+fn concurrent_first_requests_agree() {
+    let _g = serial();
+    let refs = refs();
+    let cases = refs["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    for round in 0..3 {
+        let model = load(&model_dir(), true);
+        let dim = model.dim();
+        let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4).map(|_| scope.spawn(|| model.embed(&texts).unwrap())).collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for got in results.iter().chain([&model.embed(&texts).unwrap()]) {
+            for (case, v) in cases.iter().zip(got.chunks_exact(dim)) {
+                let (cos, diff) = compare(v, &floats(&case["embedding"]));
+                assert!(cos >= MIN_COSINE && diff <= MAX_ABS_DIFF, "round {round}: cosine {cos}, max abs diff {diff}");
+            }
+        }
+    }
+}
+
 /// The row path that CPUs without AVX-512 take (`gemm` and the AVX2 kernels) against the same references: this
 /// test binary again, in a child process with `MODELHOST_NO_AVX512` set.
 #[test]

@@ -32,7 +32,11 @@ mod tests;
 mod weights;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+#[cfg(target_arch = "x86_64")]
+use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(target_arch = "x86_64")]
+use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, TryLockError};
 
 use crate::error::{Error, Result};
 use crate::formats::safetensors as st;
@@ -125,6 +129,10 @@ pub struct EmbeddingModel {
     /// released.
     #[cfg(target_arch = "x86_64")]
     panel_weights: OnceLock<Option<PanelWeights>>,
+    /// Set while a request packs them: the requests that come meanwhile run on the rows in place rather than pack
+    /// a copy each or wait (a wait inside the thread pool could be the packer's own thread).
+    #[cfg(target_arch = "x86_64")]
+    packing: AtomicBool,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -177,6 +185,8 @@ impl EmbeddingModel {
             scratch: Mutex::default(),
             #[cfg(target_arch = "x86_64")]
             panel_weights: OnceLock::new(),
+            #[cfg(target_arch = "x86_64")]
+            packing: AtomicBool::new(false),
         })
     }
 
@@ -248,14 +258,20 @@ impl EmbeddingModel {
         {
             let packed = match self.panel_weights.get() {
                 Some(packed) => packed,
+                None if self.packing.swap(true, Ordering::Acquire) => &None,
                 None => {
                     let packed = PanelWeights::pack(view, &self.folder.bert);
                     // A truncation while packing read zeros: keep nothing made from them.
-                    storage::check_intact(&self.bytes)?;
-                    if let (Some(_), FileBytes::Mapped(m)) = (&packed, &self.bytes) {
-                        m.release_pages(); // the layers are read from the packed copy from now on
+                    let intact = storage::check_intact(&self.bytes);
+                    if intact.is_ok() {
+                        if let (Some(_), FileBytes::Mapped(m)) = (&packed, &self.bytes) {
+                            m.release_pages(); // the layers are read from the packed copy from now on
+                        }
+                        let _ = self.panel_weights.set(packed);
                     }
-                    self.panel_weights.get_or_init(|| packed)
+                    self.packing.store(false, Ordering::Release);
+                    intact?;
+                    self.panel_weights.get().unwrap_or(&None)
                 }
             };
             if let Some(packed) = packed {
