@@ -34,7 +34,7 @@ pub(crate) fn available() -> bool {
 /// last token.
 pub(crate) fn pack_tokens(x: &[f32], t: usize, k: usize, out: &mut Vec<f32>) {
     assert!(available() && x.len() >= t * k);
-    resize_panels(out, t, k);
+    out.resize(t.div_ceil(LANES) * k * LANES, 0.0); // every value is overwritten by the packing
     out.par_chunks_mut(k * LANES).enumerate().for_each(|(p, panel)| {
         let rows = LANES.min(t - p * LANES);
         // SAFETY: AVX-512F is present (asserted); the panel's rows are inside x and the panel holds k·LANES floats.
@@ -49,11 +49,6 @@ pub(crate) fn unpack_tokens(xp: &[f32], t: usize, k: usize, dst: &mut [f32]) {
         // SAFETY: AVX-512F is present (asserted); the panel holds k·LANES floats and `rows` whole rows of k.
         unsafe { unpack_block(panel.as_ptr(), k, rows.len() / k, rows.as_mut_ptr(), k) };
     });
-}
-
-/// `out` sized for `t` tokens' panels of `k` columns, its contents left for the packing to overwrite.
-fn resize_panels(out: &mut Vec<f32>, t: usize, k: usize) {
-    out.resize(t.div_ceil(LANES) * k * LANES, 0.0);
 }
 
 /// `out[c·out_stride + r] = x[r·stride + c]` for `rows` ≤ `LANES` rows and `cols` columns, zero for the rows past

@@ -80,12 +80,11 @@ struct PanelLayer {
 
 #[cfg(target_arch = "x86_64")]
 impl PanelWeights {
-    /// Pack every layer's matrices; `None` where the CPU lacks AVX-512F (the row path reads them in place).
-    pub(super) fn pack(w: &BertView<'_>, c: &BertConfig) -> Option<Self> {
+    /// Pack every layer's matrices.
+    ///
+    /// Panics unless the CPU has AVX-512F (`super::packs_layers`).
+    pub(super) fn pack(w: &BertView<'_>, c: &BertConfig) -> Self {
         use f32_avx512::PackedWeights;
-        if !f32_avx512::available() {
-            return None;
-        }
         let (h, ffn) = (c.hidden_size, c.intermediate_size);
         let layers = w
             .layers
@@ -99,7 +98,7 @@ impl PanelWeights {
                 down: PackedWeights::pack(l.out_w, h, ffn),
             })
             .collect();
-        Some(PanelWeights { layers })
+        PanelWeights { layers }
     }
 }
 

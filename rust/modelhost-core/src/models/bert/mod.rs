@@ -128,7 +128,7 @@ pub struct EmbeddingModel {
     /// stays a mapping), then shared by every request and instance; the mapped pages they came from are
     /// released.
     #[cfg(target_arch = "x86_64")]
-    panel_weights: OnceLock<Option<PanelWeights>>,
+    panel_weights: OnceLock<PanelWeights>,
     /// Set while a request packs them: the requests that come meanwhile run on the rows in place rather than pack
     /// a copy each or wait (a wait inside the thread pool could be the packer's own thread).
     #[cfg(target_arch = "x86_64")]
@@ -255,27 +255,25 @@ impl EmbeddingModel {
     /// The matrices the forward pass runs on, packing them on the first call where the CPU has AVX-512F.
     fn matrices<'a>(&'a self, view: &BertView<'_>) -> Result<Matrices<'a>> {
         #[cfg(target_arch = "x86_64")]
-        {
-            let packed = match self.panel_weights.get() {
-                Some(packed) => packed,
-                None if self.packing.swap(true, Ordering::Acquire) => &None,
-                None => {
-                    let packed = PanelWeights::pack(view, &self.folder.bert);
-                    // A truncation while packing read zeros: keep nothing made from them.
-                    let intact = storage::check_intact(&self.bytes);
-                    if intact.is_ok() {
-                        if let (Some(_), FileBytes::Mapped(m)) = (&packed, &self.bytes) {
-                            m.release_pages(); // the layers are read from the packed copy from now on
-                        }
-                        let _ = self.panel_weights.set(packed);
-                    }
-                    self.packing.store(false, Ordering::Release);
-                    intact?;
-                    self.panel_weights.get().unwrap_or(&None)
-                }
-            };
-            if let Some(packed) = packed {
+        if packs_layers() {
+            if let Some(packed) = self.panel_weights.get() {
                 return Ok(Matrices::Panels(packed));
+            }
+            if !self.packing.swap(true, Ordering::Acquire) {
+                let packed = PanelWeights::pack(view, &self.folder.bert);
+                // A truncation while packing read zeros: keep nothing made from them.
+                let intact = storage::check_intact(&self.bytes);
+                if intact.is_ok() {
+                    if let FileBytes::Mapped(m) = &self.bytes {
+                        m.release_pages(); // the layers are read from the packed copy from now on
+                    }
+                    let _ = self.panel_weights.set(packed);
+                }
+                self.packing.store(false, Ordering::Release);
+                intact?;
+                if let Some(packed) = self.panel_weights.get() {
+                    return Ok(Matrices::Panels(packed));
+                }
             }
         }
         let _ = view;
